@@ -1,0 +1,297 @@
+"""Shared test helpers: talk to the agent as a host does, and hold replies to schema.json.
+
+- ``AgentHarness``: the agent in this process, served by its real event loop on one end of a
+  ``socket.socketpair()``; the test is the host on the other end.
+- ``AgentProcess``: ``qga_mini.py`` as a real subprocess listening on a unix socket.
+- ``Schema``: schema.json, with ``check_return(command, value)`` that fails a test when a reply
+  does not have the declared type.  Both clients check every successful reply against it.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+sys.path.insert(0, TOP)
+
+import qga_mini  # noqa: E402
+
+AGENT = os.path.join(TOP, "qga_mini.py")
+FIXTURES = os.path.join(HERE, "fixtures")
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+INT64_MIN, UINT64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+class Schema(object):
+    """schema.json indexed by name."""
+
+    def __init__(self, path=os.path.join(TOP, "schema.json")):
+        with open(path) as f:
+            self.expressions = json.load(f)
+        self.commands, self.types = {}, {}
+        for expr in self.expressions:
+            if "command" in expr:
+                self.commands[expr["command"]] = expr
+            else:
+                kind = next(k for k in ("struct", "enum", "union", "alternate") if k in expr)
+                self.types[expr[kind]] = (kind, expr)
+
+    def check_return(self, command, value):
+        """Raise AssertionError unless ``value`` is what ``command`` declares it returns."""
+        expr = self.commands[command]
+        if "returns" not in expr:
+            if value != {}:
+                raise AssertionError("%s returns %r, expected {}" % (command, value))
+            return
+        self.check(value, expr["returns"], command)
+
+    def check(self, value, typ, path):
+        def fail(what):
+            raise AssertionError("%s: %r is not %s" % (path, value, what))
+        if isinstance(typ, list):
+            if not isinstance(value, list):
+                fail("a list")
+            for i, item in enumerate(value):
+                self.check(item, typ[0], "%s[%d]" % (path, i))
+            return
+        if typ in ("int", "int64"):
+            if type(value) is not int or not INT64_MIN <= value < 1 << 63:
+                fail("an int64")
+        elif typ in ("uint64", "uint32", "uint16", "uint8", "size"):
+            bits = {"uint64": 64, "size": 64, "uint32": 32, "uint16": 16, "uint8": 8}[typ]
+            if type(value) is not int or not 0 <= value < 1 << bits:
+                fail("a " + typ)
+        elif typ == "number":
+            if type(value) not in (int, float):
+                fail("a number")
+        elif typ == "str":
+            if not isinstance(value, str):
+                fail("a string")
+        elif typ == "bool":
+            if type(value) is not bool:
+                fail("a bool")
+        elif typ == "any":
+            pass
+        else:
+            kind, expr = self.types[typ]
+            if kind == "enum":
+                if value not in expr["data"]:
+                    fail("one of %s" % expr["data"])
+            elif kind == "struct":
+                self.check_members(value, expr["data"], path)
+            elif kind == "union":
+                members = dict(expr["base"])
+                if not isinstance(value, dict):
+                    fail("an object")
+                tag = value.get(expr["discriminator"])
+                branch = expr["data"].get(tag)
+                if branch is None:
+                    fail("a %s (bad discriminator %r)" % (typ, tag))
+                members.update(self.types[branch][1]["data"])
+                self.check_members(value, members, path)
+            elif kind == "alternate":
+                for branch in expr["data"].values():
+                    try:
+                        self.check(value, branch, path)
+                        return
+                    except AssertionError:
+                        pass
+                fail("a " + typ)
+
+    def check_members(self, value, members, path):
+        if not isinstance(value, dict):
+            raise AssertionError("%s: %r is not an object" % (path, value))
+        names = set()
+        for spec, typ in members.items():
+            name = spec.lstrip("*")
+            names.add(name)
+            if name in value:
+                self.check(value[name], typ, "%s.%s" % (path, name))
+            elif not spec.startswith("*"):
+                raise AssertionError("%s: member %r is missing" % (path, name))
+        extra = set(value) - names
+        if extra:
+            raise AssertionError("%s: unexpected members %s" % (path, sorted(extra)))
+
+
+SCHEMA = Schema()
+
+
+class QgaReplyError(Exception):
+    """An error reply: .cls and .desc."""
+
+    def __init__(self, error):
+        Exception.__init__(self, "%s: %s" % (error.get("class"), error.get("desc")))
+        self.cls, self.desc = error.get("class"), error.get("desc")
+
+
+class LineClient(object):
+    """A host end: writes requests, reads newline-terminated replies."""
+
+    def __init__(self, sock, timeout=10.0):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buffer = b""
+
+    def send(self, data):
+        if not isinstance(data, bytes):
+            data = json.dumps(data).encode()
+        self.sock.sendall(data)
+
+    def read_line(self):
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError("agent closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    def read_reply(self):
+        line = self.read_line()
+        if line.startswith(b"\xff"):
+            line = line[1:]
+        return json.loads(line.decode("ascii"))
+
+    def expect_silence(self, seconds=0.3):
+        """Assert that nothing arrives for a while (success-response:false commands)."""
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(4096)
+        except socket.timeout:
+            data = None
+        finally:
+            self.sock.settimeout(10.0)
+        if data:
+            raise AssertionError("unexpected reply %r" % data)
+
+    def call(self, name, arguments=None, **kwargs):
+        """Run a command; its checked return value, or QgaReplyError."""
+        request = {"execute": name}
+        if arguments is not None or kwargs:
+            request["arguments"] = dict(arguments or {}, **kwargs)
+        self.send(request)
+        reply = self.read_reply()
+        if "error" in reply:
+            raise QgaReplyError(reply["error"])
+        SCHEMA.check_return(name, reply["return"])
+        return reply["return"]
+
+    def error(self, name, arguments=None, **kwargs):
+        """Run a command that must fail; its (class, desc)."""
+        try:
+            value = self.call(name, arguments, **kwargs)
+        except QgaReplyError as exc:
+            return exc.cls, exc.desc
+        raise AssertionError("%s succeeded with %r" % (name, value))
+
+
+def make_config(statedir, **settings):
+    config = qga_mini.Config()
+    config.method = "unix-listen"
+    config.statedir = statedir
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return config
+
+
+class AgentHarness(LineClient):
+    """The agent in-process, served by its own event loop over a socketpair.
+
+    ``host_root`` points the agent's Host at a fixture tree; ``settings`` are Config fields
+    (e.g. block_rpcs=[...], fsfreeze_hook=...).  Use as a context manager or call close().
+    """
+
+    def __init__(self, host_root="/", environ=None, **settings):
+        self.tmp = tempfile.mkdtemp(prefix="qga-test-")
+        self.statedir = os.path.join(self.tmp, "state")
+        config = make_config(self.statedir, **settings)
+        log = qga_mini.Log(open(os.devnull, "w"), verbose=False)
+        self.agent = qga_mini.Agent(config, host=qga_mini.Host(host_root, environ), log=log)
+        self.agent.state.ensure()
+        ours, theirs = socket.socketpair()
+        self.server = qga_mini.Server(self.agent, qga_mini.Channel(config, self.agent.host, log))
+        self.server.listener = None
+        self._ours = ours
+        self.server.attach(ours.fileno(), sock=ours)
+        self.thread = threading.Thread(target=self.server.run_loop, daemon=True)
+        self.thread.start()
+        LineClient.__init__(self, theirs)
+
+    def close(self):
+        self.server.request_stop()
+        self.thread.join(10)
+        self.sock.close()
+        self.agent.shutdown()
+        try:
+            self.server.close()
+        except OSError:
+            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AgentProcess(object):
+    """qga_mini.py as a real process on a unix socket (``-m unix-listen``)."""
+
+    def __init__(self, *args, env=None, statedir=None):
+        self.tmp = tempfile.mkdtemp(prefix="qga-proc-")
+        self.path = os.path.join(self.tmp, "qga.sock")
+        self.statedir = statedir or os.path.join(self.tmp, "state")
+        self.stderr_path = os.path.join(self.tmp, "stderr")
+        cmd = [PYTHON, AGENT, "-m", "unix-listen", "-p", self.path, "-t", self.statedir]
+        cmd += list(args)
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, env=env)
+        deadline = time.time() + 15
+        while not os.path.exists(self.path):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("agent did not start: %s" % self.read_stderr())
+            time.sleep(0.01)
+
+    def connect(self, timeout=10.0):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.path)
+        return LineClient(sock, timeout)
+
+    def read_stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        return self.proc.returncode
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def needs_root(test):
+    return unittest.skipUnless(os.geteuid() == 0, "needs root")(test)
