@@ -227,6 +227,8 @@ _STRING_STOP = {0x22: re.compile(rb'["\\\x00-\x1f]'), 0x27: re.compile(rb"['\\\x
 _NUMBER_CHARS = re.compile(rb"[0-9.eE+\-]*")
 _KEYWORD_CHARS = re.compile(rb"[a-z]*")
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
+_LEADING_ZERO = re.compile(rb"-?0\Z")
 _RECOVERY_STOP = re.compile(rb"[\[\]{}:,\x00-\x08\x0a-\x1f\xfe\xff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -284,6 +286,7 @@ class Framer(object):
             if not self.discarding or self.state != _STRING:
                 events.append(self._lexer_error(partial + b"\xff"))
             self.reset()
+            self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
             data = data[marker.end():]
         self._compact()
         return events
@@ -350,10 +353,18 @@ class Framer(object):
                 if pos == end:                      # the token may go on in the next read
                     self._check_size(events)
                     break
-                token = bytes(buf[self.token_start:pos])
-                if state == _NUMBER_TOKEN and not _NUMBER.match(token):
-                    self._fail(events, token + bytes(buf[pos:pos + 1]), pos + 1)
-                    continue
+                if state == _NUMBER_TOKEN:
+                    # Walk the number as qemu's lexer does: a complete number ends at the
+                    # first byte that cannot continue it; an incomplete one ("1.", "-",
+                    # "1e") or a digit after a leading zero is an error at that byte.
+                    start = self.token_start
+                    walked = _NUMBER_PREFIX.match(buf, start, pos).end()
+                    after = buf[walked:walked + 1]
+                    if (not _NUMBER.match(bytes(buf[start:walked]))
+                            or after.isdigit() and _LEADING_ZERO.match(buf, start, walked)):
+                        self._fail(events, bytes(buf[start:walked + 1]), walked + 1)
+                        continue
+                    self.pos = walked
                 self.state = _BETWEEN
                 self._token_done(events)
             else:                                   # _RECOVERY: skip to a structural byte
@@ -455,7 +466,7 @@ def parse_message(raw, uses_extensions=False):
     if not uses_extensions and not _SURROGATE_ESCAPE.search(raw):
         try:
             return _DECODER.decode(raw.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             pass                    # let the exact parser say what is wrong
     return parse_json_qemu(raw)
 
@@ -468,25 +479,23 @@ _TOKEN = re.compile(rb"""[ \t\r\n]*(?:
     )""", re.X | re.S)
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "/": "/", "\\": "\\",
             '"': '"', "'": "'"}
-_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}(?:\\u[0-9a-fA-F]{4})?|u.{0,4}|.)", re.S)
+_ESCAPE = re.compile(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                     r"|u[0-9a-fA-F]{4}|u.{0,4}|.)", re.S)
 
 
 def _unescape(match):
     esc = match.group(1)
-    if esc[0] == "u" and not re.match(r"u[0-9a-fA-F]{4}", esc):
-        raise JsonError("\\%s is not a valid Unicode character" % esc)
+    if len(esc) == 11:                                      # a surrogate pair
+        high, low = int(esc[1:5], 16), int(esc[7:11], 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
     if esc[0] != "u":
         if esc not in _ESCAPES:
             raise JsonError("invalid escape sequence in string")
         return _ESCAPES[esc]
-    high = int(esc[1:5], 16)
-    if 0xD800 <= high < 0xDC00 and len(esc) == 11:
-        low = int(esc[7:11], 16)
-        if 0xDC00 <= low < 0xE000:
-            return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-    if 0xD800 <= high < 0xE000:
-        raise JsonError("\\%s is not a valid Unicode character" % esc[:5])
-    return chr(high) + (_ESCAPE.sub(_unescape, esc[5:]) if len(esc) > 5 else "")
+    if len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
+            or 0xD800 <= int(esc[1:], 16) < 0xE000:
+        raise JsonError("\\%s is not a valid Unicode character" % esc)
+    return chr(int(esc[1:], 16))
 
 
 def _string_value(raw):
@@ -603,6 +612,39 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
+def _has_float(value):
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _encode_qemu(value):
+    """JSON text pieces with doubles printed as qemu prints them (printf %.17g, inf)."""
+    if isinstance(value, float):
+        yield "%.17g" % value
+    elif isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield (", " if i else "") + _ENCODER.encode(key) + ": "
+            for piece in _encode_qemu(item):
+                yield piece
+        yield "}"
+    elif isinstance(value, list):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ", "
+            for piece in _encode_qemu(item):
+                yield piece
+        yield "]"
+    else:
+        yield _ENCODER.encode(value)
+
+
 def encode_reply(reply):
     """One reply as a list of byte chunks forming a single compact ASCII line.
 
@@ -618,7 +660,7 @@ def encode_reply(reply):
                 spliced = value
                 reply = dict(reply, **{"return": dict(ret, **{key: _SPLICE_MARK})})
                 break
-    text = _ENCODER.encode(reply)
+    text = _ENCODER.encode(reply) if not _has_float(reply) else "".join(_encode_qemu(reply))
     if "\\u" in text:
         text = _LOWER_ESCAPE.sub(_upper_escape, text)
     if "\x7f" in text:
@@ -884,6 +926,9 @@ class Agent(object):
     def __init__(self, config, host=None, log=None):
         self.config = config
         self.host = host or Host("/")
+        # Requests may nest 1024 deep (an echoed id, say); checking and encoding them
+        # recurses once per level.
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_NESTING))
         self.log = log or Log(verbose=config.verbose)
         self.state = StateDir(config.statedir)
         self.frozen = False
@@ -1341,6 +1386,10 @@ class Server(object):
         if self.agent.frozen:
             self.log.warning("ignoring signal %s while file systems are frozen" % signum)
             return
+        self.stop()
+
+    def stop(self):
+        """Leave the event loop (safe from a signal handler or another thread)."""
         self.stop_requested = True
         try:
             os.write(self.wake_w, b"x")
@@ -1397,7 +1446,9 @@ class Server(object):
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     return
-                if self.listener is None:           # a serial port failed (e.g. unplugged)
+                if self.listener is None and exc.errno != errno.EIO:
+                    # A serial port failed (e.g. unplugged).  EIO is a tty whose other
+                    # side closed: like EOF, wait for the host to come back.
                     self.channel_error = "error reading channel: %s" % os_error_text(exc)
                     return
                 self.on_hangup("error reading channel: %s" % os_error_text(exc))
@@ -1418,16 +1469,20 @@ class Server(object):
             self.on_hangup("error sending reply: %s" % os_error_text(exc))
 
     def on_hangup(self, why):
-        """The host went away: forget its partial request and its unsent replies."""
+        """The host went away.
+
+        A socket client's partial request and unsent replies go with it.  A serial port stays
+        open with its state, as in qemu-ga: a virtio port can read as EOF while the data of the
+        next host is already queued behind a not-yet-seen "host connected" message, and a
+        reply written in that window waits (EAGAIN) until the host is seen.  The edge trigger
+        wakes us when anything changes, so the hang-up itself costs nothing.
+        """
         self.log.debug(why)
         conn = self.conn
-        if conn is None:
-            return
-        conn.framer.reset()
-        conn.drop_output()
-        if self.listener is not None:
+        if conn is not None and self.listener is not None:
+            conn.framer.reset()
+            conn.drop_output()
             self.detach()
-        # A serial port stays open: the edge trigger wakes us when a host writes again.
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -1459,7 +1514,7 @@ class Server(object):
                     view = view[os.write(1, view):]
 
     def run_serial(self):
-        waiting, busy_wait = False, None
+        waiting = False
         uevents = None
         while not self.stop_requested:
             fd = self.channel.open_serial(waiting)
@@ -1904,11 +1959,11 @@ def serve(agent):
                 return 0
             raise ChannelError("channel closed")
         except ChannelError as exc:
-            agent.log.error(str(exc))
+            agent.log.write("critical", str(exc))
             if not agent.config.retry_path:
-                agent.log.error("failed to initialize guest agent channel")
+                agent.log.write("critical", "failed to initialize guest agent channel")
                 return 1
-            agent.log.error("agent stopped unexpectedly, restarting...")
+            agent.log.write("critical", "agent stopped unexpectedly, restarting...")
             time.sleep(RETRY_INTERVAL)
         finally:
             server.close()
@@ -1918,7 +1973,7 @@ def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     prog = os.path.basename(sys.argv[0] or "qga_mini.py")
-    early_log = Log()
+    early_log = Log(verbose=True)       # config warnings are always shown, as GLib does
     try:
         config, action = build_config(argv, environ, early_log)
         if action == "version":
@@ -1949,6 +2004,8 @@ def main(argv=None, environ=None):
         start_agent(agent)
     except UsageError as exc:
         sys.stderr.write("%s: %s\n" % (prog, exc))
+        if exc.args[0].startswith(("invalid option", "unrecognized option", "option")):
+            print("Unknown option, try '%s --help' for more information." % prog)
         return 1
     try:
         return serve(agent)

@@ -213,7 +213,8 @@ class AgentHarness(LineClient):
         self.tmp = tempfile.mkdtemp(prefix="qga-test-")
         self.statedir = os.path.join(self.tmp, "state")
         config = make_config(self.statedir, **settings)
-        log = qga_mini.Log(open(os.devnull, "w"), verbose=False)
+        self.devnull = open(os.devnull, "w")
+        log = qga_mini.Log(self.devnull, verbose=False)
         self.agent = qga_mini.Agent(config, host=qga_mini.Host(host_root, environ), log=log)
         self.agent.state.ensure()
         ours, theirs = socket.socketpair()
@@ -226,9 +227,10 @@ class AgentHarness(LineClient):
         LineClient.__init__(self, theirs)
 
     def close(self):
-        self.server.request_stop()
+        self.server.stop()
         self.thread.join(10)
         self.sock.close()
+        self.devnull.close()
         self.agent.shutdown()
         try:
             self.server.close()
@@ -248,6 +250,7 @@ class AgentProcess(object):
 
     def __init__(self, *args, env=None, statedir=None):
         self.tmp = tempfile.mkdtemp(prefix="qga-proc-")
+        self.sockets = []
         self.path = os.path.join(self.tmp, "qga.sock")
         self.statedir = statedir or os.path.join(self.tmp, "state")
         self.stderr_path = os.path.join(self.tmp, "stderr")
@@ -265,6 +268,7 @@ class AgentProcess(object):
     def connect(self, timeout=10.0):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(self.path)
+        self.sockets.append(sock)
         return LineClient(sock, timeout)
 
     def read_stderr(self):
@@ -283,6 +287,8 @@ class AgentProcess(object):
         return self.proc.returncode
 
     def close(self):
+        for sock in self.sockets:
+            sock.close()
         self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -1,0 +1,205 @@
+"""The framer and the JSON parser: bytes in, messages and qemu's errors out."""
+import json
+import unittest
+
+from tests.support import qga_mini
+
+Framer, QgaError = qga_mini.Framer, qga_mini.QgaError
+
+
+def run(*chunks):
+    """Feed chunks to one framer; messages parsed, errors as their text."""
+    framer, out = Framer(), []
+    for chunk in chunks:
+        for event in framer.feed(chunk):
+            if isinstance(event, QgaError):
+                out.append(event.desc)
+            else:
+                try:
+                    out.append(qga_mini.parse_message(*event))
+                except qga_mini.JsonError as exc:
+                    out.append("JSON parse error, %s" % exc)
+    return out
+
+
+PING = b'{"execute": "guest-ping"}'
+
+
+class Framing(unittest.TestCase):
+    def test_one_message_per_value_regardless_of_newlines(self):
+        self.assertEqual(run(PING + PING + b"\n" + PING), [{"execute": "guest-ping"}] * 3)
+
+    def test_split_byte_by_byte(self):
+        data = b'{"execute":"guest-sync","arguments":{"id":123},"id":"a\\"}"}'
+        self.assertEqual(run(*[data[i:i + 1] for i in range(len(data))]), run(data))
+        self.assertEqual(run(data)[0]["arguments"]["id"], 123)
+
+    def test_whitespace_only_gives_nothing(self):
+        self.assertEqual(run(b"\r\n\t  \n", b"\n"), [])
+
+    def test_number_or_keyword_waits_for_the_next_byte(self):
+        framer = Framer()
+        self.assertEqual(framer.feed(b"42"), [])
+        self.assertEqual(len(framer.feed(b"\n")), 1)
+        self.assertEqual(run(b"tr", b"ue", b" "), [True])
+
+    def test_keyword_over_reads_is_joined(self):
+        self.assertEqual(run(b"true", b"null", b"foo", b" "),
+                         ["JSON parse error, invalid keyword 'truenullfoo'"])
+
+    def test_braces_inside_strings_do_not_count(self):
+        self.assertEqual(run(b'{"a": "}{][", \'b\': \'}"\'}'), [{"a": "}{][", "b": '}"'}])
+
+    def test_escaped_quote_split_across_reads(self):
+        self.assertEqual(run(b'{"a": "x\\', b'"y"}'), [{"a": 'x"y'}])
+
+
+class Resync(unittest.TestCase):
+    STRAY_FF = "JSON parse error, stray '\ufffd'"
+
+    def test_ff_discards_partial_message_and_is_reported(self):
+        self.assertEqual(run(b'{"execute":', b"\xff" + PING),
+                         [self.STRAY_FF, {"execute": "guest-ping"}])
+
+    def test_every_ff_is_one_error(self):
+        self.assertEqual(run(b"\xff\xff"), [self.STRAY_FF] * 2)
+
+    def test_fe_resets_too(self):
+        self.assertEqual(run(b'{"a": [1, \xfe' + PING)[-1], {"execute": "guest-ping"})
+
+    def test_ff_inside_a_string_quotes_the_partial_token(self):
+        self.assertEqual(run(b'{"execute":"guest-pi\xff"}'),
+                         ["JSON parse error, stray '\"guest-pi\ufffd'",
+                          "JSON parse error, expecting value"])
+
+    def test_ff_at_every_position_never_wedges(self):
+        for i in range(len(PING) + 1):
+            out = run(PING[:i] + b"\xff" + PING)
+            self.assertEqual(out[-1], {"execute": "guest-ping"}, i)
+
+    def test_newline_does_not_discard_a_partial_message(self):
+        self.assertEqual(run(b'{"execute":\n', b'"guest-ping"}'), [{"execute": "guest-ping"}])
+
+
+class LexerErrors(unittest.TestCase):
+    def test_stray_bytes(self):
+        self.assertEqual(run(b"X" + PING), ["JSON parse error, stray 'X'",
+                                            {"execute": "guest-ping"}])
+        self.assertEqual(run(b'{"a":TRUE}'), ["JSON parse error, stray 'T'",
+                                              "JSON parse error, expecting value"])
+
+    def test_bad_numbers(self):
+        self.assertEqual(run(b'{"a":01}'), ["JSON parse error, stray '01'",
+                                            "JSON parse error, expecting value"])
+        self.assertEqual(run(b'{"a":1.}'), ["JSON parse error, stray '1.}'"])
+        self.assertEqual(run(b'{"a":-}'), ["JSON parse error, stray '-}'"])
+        self.assertEqual(run(b'[1.5.3]')[0], "JSON parse error, stray '.'")
+
+    def test_raw_control_byte_in_string(self):
+        self.assertEqual(run(b'{"a":"a\tb"}')[0], "JSON parse error, stray '\"a\t'")
+
+    def test_nul_ends_the_quoted_token(self):
+        self.assertEqual(run(b'\x00 ')[0], "JSON parse error, stray ''")
+
+    def test_recovery_skips_to_a_structural_byte(self):
+        self.assertEqual(run(b'{"execute":"guest-ping"X}' + PING),
+                         ["JSON parse error, stray 'X'", "JSON parse error, expecting value",
+                          {"execute": "guest-ping"}])
+
+
+class ParseErrors(unittest.TestCase):
+    CASES = [
+        (b'{"a":1,}', "expecting value"),
+        (b'{"a":1,"a":2}', "duplicate key"),
+        (b'{"a" 1}', "missing : in object pair"),
+        (b'{"a":1 "b":2}', "expected separator in dict"),
+        (b'[1 2]', "expected separator in list"),
+        (b'{1:2}', "key is not a string in object"),
+        (b'{"a":nul}', "invalid keyword 'nul'"),
+        (b'{"a":"\\x"}', "invalid escape sequence in string"),
+        (b'{"a":"\\ud800"}', "\\ud800 is not a valid Unicode character"),
+        (b'{"a":"\\uzzzz"}', "\\uzzzz is not a valid Unicode character"),
+        (b'{"a":"\xc3"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\xed\xa0\x80"}', "invalid UTF-8 sequence in string"),
+        (b'{]', "expecting value"),
+        (b']', "expecting value"),
+        (b'{"a":[1,2,]}', "expecting value"),
+    ]
+
+    def test_texts(self):
+        for data, text in self.CASES:
+            self.assertEqual(run(data), ["JSON parse error, " + text], data)
+
+    def test_qemu_extensions(self):
+        self.assertEqual(run(b"{'a': 'x\"y\\''}"), [{"a": "x\"y'"}])
+        self.assertEqual(run(b'{"a": "\\\'"}'), [{"a": "'"}])
+        self.assertEqual(run(b'{"a": "\xc0\x80"}'), [{"a": "\x00"}])
+        self.assertEqual(run(b'{"a": "\\ud83d\\ude00\\u00e9"}'), [{"a": "\U0001F600\u00e9"}])
+
+    def test_integer_ranges(self):
+        self.assertEqual(run(b'[18446744073709551615, -9223372036854775808, '
+                             b'18446744073709551616]'),
+                         [[18446744073709551615, -9223372036854775808, 1.8446744073709552e19]])
+
+    def test_slow_parser_agrees_with_json_on_valid_input(self):
+        samples = [b'{"a": [1, 2.5, {"b": null}], "c": "\\u00e9\\n", "d": true, "e": false}',
+                   b'[[], {}, "", -0, 1e3, -1.5E-7]']
+        for raw in samples:
+            self.assertEqual(qga_mini.parse_json_qemu(raw), json.loads(raw.decode()))
+
+
+class Limits(unittest.TestCase):
+    def nested(self, depth):
+        return b'{"execute":"guest-ping","id":' + b"[" * depth + b"]" * depth + b"}"
+
+    def test_nesting_1024_is_fine_1025_is_not(self):
+        self.assertIsInstance(run(self.nested(1023))[0], dict)
+        self.assertEqual(run(self.nested(1024) + PING),
+                         ["JSON nesting depth limit exceeded", {"execute": "guest-ping"}])
+
+    def test_token_count(self):
+        big = b"[" + b"1," * (2 << 20) + b"1]"
+        self.assertEqual(run(big, PING),
+                         ["JSON token count limit exceeded", {"execute": "guest-ping"}])
+
+    def test_size_limit_then_clean_recovery(self):
+        body = b"A" * (64 << 20)
+        chunks = [b'{"execute":"guest-ping","arguments":{"x":"']
+        chunks += [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+        chunks += [b'"}}', PING]
+        self.assertEqual(run(*chunks),
+                         ["JSON token size limit exceeded", {"execute": "guest-ping"}])
+
+    def test_framer_keeps_no_memory_of_a_discarded_message(self):
+        framer = Framer()
+        framer.feed(b'{"x":"' + b"A" * ((64 << 20) + 10))
+        framer.feed(b"A" * (1 << 20))
+        self.assertLess(len(framer.buf), 1 << 16)
+
+    def test_just_under_the_limit_is_a_message(self):
+        body = b"A" * ((64 << 20) - 100)
+        out = run(b'{"execute":"guest-ping","arguments":{"x":"', body, b'"}}')
+        self.assertEqual(len(out[0]["arguments"]["x"]), len(body))
+
+
+class Encoder(unittest.TestCase):
+    def line(self, reply):
+        return b"".join(qga_mini.encode_reply(reply))
+
+    def test_compact_ascii_with_qemu_escapes(self):
+        self.assertEqual(self.line({"return": {}, "id": "\u00e9\U0001F600\x7f\\u00ab"}),
+                         b'{"return": {}, "id": "\\u00E9\\uD83D\\uDE00\\u007F\\\\u00ab"}\n')
+
+    def test_doubles_print_as_qemu_prints_them(self):
+        self.assertEqual(self.line({"return": [0.1, 1e5, float("inf"), 1.5]}),
+                         b'{"return": [0.10000000000000001, 100000, inf, 1.5]}\n')
+
+    def test_bytes_payload_is_spliced(self):
+        chunks = qga_mini.encode_reply({"return": {"count": 3, "buf-b64": b"YWJj", "eof": True}})
+        self.assertEqual(json.loads(b"".join(chunks)),
+                         {"return": {"count": 3, "buf-b64": "YWJj", "eof": True}})
+        self.assertTrue(any(c == b"YWJj" for c in chunks))
+
+
+if __name__ == "__main__":
+    unittest.main()

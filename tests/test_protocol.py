@@ -1,0 +1,283 @@
+"""Requests over a socket: validation texts, ids, sync, the command filter, guest-info."""
+import json
+import unittest
+
+from tests.support import AgentHarness, AgentProcess, SCHEMA, qga_mini
+
+
+class Harnessed(unittest.TestCase):
+    settings = {}
+
+    def setUp(self):
+        self.h = AgentHarness(**self.settings)
+
+    def tearDown(self):
+        self.h.close()
+
+    def raw(self, data):
+        """Send bytes, read one reply line (as bytes)."""
+        self.h.send(data)
+        return self.h.read_line()
+
+    def reply(self, data):
+        self.h.send(data)
+        return self.h.read_reply()
+
+
+class RequestValidation(Harnessed):
+    def error(self, data):
+        reply = self.reply(data)
+        return reply["error"]["class"], reply["error"]["desc"]
+
+    def test_texts(self):
+        generic = "GenericError"
+        cases = [
+            (b"[]", "QMP input must be a JSON object"),
+            (b'"guest-ping"\n', "QMP input must be a JSON object"),
+            (b"{}", "QMP input lacks member 'execute'"),
+            (b'{"execute":1}', "QMP input member 'execute' must be a string"),
+            (b'{"execute":"guest-ping","arguments":[]}',
+             "QMP input member 'arguments' must be an object"),
+            (b'{"execute":"guest-ping","arguments":null}',
+             "QMP input member 'arguments' must be an object"),
+            (b'{"execute":"guest-ping","foo":1}', "QMP input member 'foo' is unexpected"),
+            (b'{"exec-oob":"guest-ping"}', "QMP input member 'exec-oob' is unexpected"),
+            (b'{"execute":"guest-ping","arguments":{"foo":42}}', "Parameter 'foo' is unexpected"),
+            (b'{"execute":"guest-sync"}', "Parameter 'id' is missing"),
+            (b'{"execute":"guest-sync","arguments":{"id":"x"}}',
+             "Invalid parameter type for 'id', expected: integer"),
+            (b'{"execute":"guest-sync","arguments":{"id":1.0}}',
+             "Invalid parameter type for 'id', expected: integer"),
+            (b'{"execute":"guest-sync","arguments":{"id":true}}',
+             "Invalid parameter type for 'id', expected: integer"),
+            (b'{"execute":"guest-sync","arguments":{"id":9223372036854775808}}',
+             "Invalid parameter type for 'id', expected: integer"),
+            (b'{"execute":"guest-sync","arguments":{"id":null}}',
+             "Invalid parameter type for 'id', expected: integer"),
+        ]
+        for data, desc in cases:
+            self.assertEqual(self.error(data), (generic, desc), data)
+
+    def test_unknown_command_is_echoed_raw(self):
+        self.assertEqual(self.error(b'{"execute":" guest-ping"}'),
+                         ("CommandNotFound", "The command  guest-ping has not been found"))
+
+    def test_missing_beats_unexpected(self):
+        self.assertEqual(self.error(b'{"execute":"guest-sync","arguments":{"x":1}}'),
+                         ("GenericError", "Parameter 'id' is missing"))
+
+    def test_agent_keeps_serving_after_every_error(self):
+        for data in (b"[", b"]", b"{\xff", b'{"execute":[]}', b"\x01", b'"\\ud800"'):
+            self.h.send(data)
+        self.h.send(b'\xff{"execute":"guest-sync","arguments":{"id":99}}')
+        while True:
+            reply = self.h.read_reply()
+            if reply.get("return") == 99:
+                break
+
+
+class NestedArguments(unittest.TestCase):
+    """Argument paths and types below the top level, checked on the real type table."""
+
+    def check(self, data, typ):
+        try:
+            qga_mini.check_value(data, typ, "vcpus")
+        except qga_mini.QgaError as exc:
+            return exc.desc
+        return None
+
+    def test_paths(self):
+        lp = ["GuestLogicalProcessor"]
+        self.assertEqual(self.check([{"logical-id": 0}], lp), "Parameter 'vcpus[0].online' is missing")
+        self.assertEqual(self.check([{"logical-id": 0, "online": True, "foo": 1}], lp),
+                         "Parameter 'vcpus[0].foo' is unexpected")
+        self.assertEqual(self.check([{"logical-id": 0, "online": 1}], lp),
+                         "Invalid parameter type for 'vcpus[0].online', expected: boolean")
+        self.assertEqual(self.check({}, lp), "Invalid parameter type for 'vcpus', expected: array")
+        self.assertEqual(self.check([5], lp),
+                         "Invalid parameter type for 'vcpus[0]', expected: object")
+        self.assertIsNone(self.check([{"logical-id": 1, "online": False, "can-offline": True}], lp))
+
+    def test_uint64_wraps_negative_and_rejects_non_numbers(self):
+        self.assertEqual(qga_mini.check_value(-1, "uint64", "x"), (1 << 64) - 1)
+        self.assertEqual(self.check("1", "uint64"), "Parameter 'vcpus' expects uint64")
+        self.assertEqual(self.check(1.0, "uint64"), "Parameter 'vcpus' expects uint64")
+
+    def test_alternates_and_enums(self):
+        self.assertEqual(self.check(True, "GuestFileWhence"),
+                         "Invalid parameter type for 'vcpus', expected: GuestFileWhence")
+        self.assertEqual(self.check("bogus", "GuestFileWhence"),
+                         "Parameter 'vcpus' does not accept value 'bogus'")
+        self.assertIsNone(self.check("end", "GuestFileWhence"))
+        self.assertIsNone(self.check(7, "GuestFileWhence"))
+        self.assertIsNone(self.check(True, "GuestExecCaptureOutput"))
+        self.assertIsNone(self.check("merged", "GuestExecCaptureOutput"))
+        self.assertEqual(self.check(1, "GuestExecCaptureOutput"),
+                         "Invalid parameter type for 'vcpus', expected: GuestExecCaptureOutput")
+
+
+class Ids(Harnessed):
+    def test_any_json_id_is_echoed_on_success_and_error(self):
+        for ident in (1, "s", None, 1.5, [1, {"a": None}], {"x": [True]}, 18446744073709551615):
+            ok = self.reply(json.dumps({"execute": "guest-ping", "id": ident}).encode())
+            self.assertEqual(ok, {"return": {}, "id": ident})
+            bad = self.reply(json.dumps({"execute": "nope", "id": ident}).encode())
+            self.assertEqual(bad["id"], ident)
+
+    def test_wire_order_matches_qemu(self):
+        self.assertEqual(self.raw(b'{"execute":"guest-ping","id":1}'), b'{"return": {}, "id": 1}')
+        self.assertTrue(self.raw(b'{"execute":"x","id":1}').startswith(b'{"id": 1, "error": '))
+
+    def test_parse_errors_carry_no_id(self):
+        self.assertEqual(self.reply(b'{"execute":"guest-ping","id":1,}'),
+                         {"error": {"class": "GenericError",
+                                    "desc": "JSON parse error, expecting value"}})
+
+    def test_deepest_allowed_id_is_echoed(self):
+        ident = "[" * 1023 + "]" * 1023
+        reply = self.raw(('{"execute":"guest-ping","id":%s}' % ident).encode())
+        self.assertEqual(reply, ('{"return": {}, "id": %s}' % ident).encode())
+
+
+class Sync(Harnessed):
+    def test_sync_echoes(self):
+        self.assertEqual(self.h.call("guest-sync", id=-5), -5)
+
+    def test_delimited_reply_starts_with_ff(self):
+        self.assertEqual(self.raw(b'{"execute":"guest-sync-delimited","arguments":{"id":7}}'),
+                         b'\xff{"return": 7}')
+
+    def test_failed_delimited_sync_has_no_ff(self):
+        self.assertTrue(self.raw(b'{"execute":"guest-sync-delimited"}').startswith(b'{"error"'))
+
+    def test_client_ff_then_delimited_sync(self):
+        self.h.send(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":42}}')
+        self.assertIn(b"stray", self.h.read_line())
+        self.assertEqual(self.h.read_line(), b'\xff{"return": 42}')
+
+    def test_proxmox_style_two_requests_in_one_write(self):
+        self.h.send(b'{"execute":"guest-sync-delimited","arguments":{"id":12340}}\n'
+                    b'{"execute":"guest-ping","arguments":{}}\n')
+        self.assertEqual(self.h.read_line(), b'\xff{"return": 12340}')
+        self.assertEqual(self.h.read_line(), b'{"return": {}}')
+
+
+class NoSuccessResponse(Harnessed):
+    def setUp(self):
+        Harnessed.setUp(self)
+        self.calls = []
+
+        @qga_mini.command("test-silent", data={"*fail": "bool"}, success_response=False)
+        def silent(agent, fail=False):
+            self.calls.append(fail)
+            if fail:
+                raise qga_mini.QgaError("it failed")
+        self.addCleanup(qga_mini.COMMANDS.pop, "test-silent")
+
+    def test_success_sends_nothing_even_with_an_id(self):
+        self.h.send(b'{"execute":"test-silent","id":3}')
+        self.h.expect_silence()
+        self.assertEqual(self.calls, [False])
+
+    def test_failure_is_answered_with_the_id(self):
+        self.assertEqual(self.reply(b'{"execute":"test-silent","arguments":{"fail":true},"id":3}'),
+                         {"id": 3, "error": {"class": "GenericError", "desc": "it failed"}})
+
+
+class BlockedCommands(Harnessed):
+    settings = {"block_rpcs": ["guest-ping", "guest-sync"]}
+
+    def test_blocked_text_and_guest_info(self):
+        self.assertEqual(self.h.error("guest-ping"),
+                         ("CommandNotFound", "Command guest-ping has been disabled"))
+        info = {c["name"]: c["enabled"] for c in self.h.call("guest-info")["supported_commands"]}
+        self.assertFalse(info["guest-ping"])
+        self.assertTrue(info["guest-info"])
+
+    def test_blocked_stays_blocked_while_frozen(self):
+        self.h.agent.frozen = True
+        self.assertEqual(self.h.error("guest-ping")[1], "Command guest-ping has been disabled")
+
+
+class AllowedCommands(Harnessed):
+    settings = {"allow_rpcs": ["guest-ping", "guest-info"]}
+
+    def test_only_allowed_run(self):
+        self.assertEqual(self.h.call("guest-ping"), {})
+        self.assertEqual(self.h.error("guest-sync", id=1),
+                         ("CommandNotFound", "Command guest-sync has been disabled"))
+
+
+class FrozenGate(Harnessed):
+    def test_only_freeze_safe_commands_run(self):
+        self.h.agent.frozen = True
+        self.assertEqual(self.h.call("guest-ping"), {})
+        self.assertEqual(self.h.call("guest-sync", id=1), 1)
+
+        @qga_mini.command("test-unsafe")
+        def unsafe(agent):
+            return None
+        self.addCleanup(qga_mini.COMMANDS.pop, "test-unsafe")
+        self.assertEqual(self.h.error("test-unsafe"),
+                         ("CommandNotFound",
+                          "Command test-unsafe has been disabled: the agent is in frozen state"))
+        info = {c["name"]: c["enabled"] for c in self.h.call("guest-info")["supported_commands"]}
+        self.assertFalse(info["test-unsafe"])
+
+
+class GuestInfo(Harnessed):
+    def test_lists_every_registered_command_in_reverse_registration_order(self):
+        info = self.h.call("guest-info")
+        self.assertEqual(info["version"], qga_mini.__version__)
+        names = [c["name"] for c in info["supported_commands"]]
+        self.assertEqual(sorted(names), sorted(qga_mini.COMMANDS))
+        order = [n for n in qga_mini.COMMAND_ORDER if n in qga_mini.COMMANDS]
+        self.assertEqual(names, order[::-1])
+        for entry in info["supported_commands"]:
+            self.assertEqual(entry["success-response"],
+                             SCHEMA.commands[entry["name"]].get("success-response", True))
+
+
+class InternalErrors(Harnessed):
+    def test_a_crashing_command_is_an_error_reply_not_a_dead_agent(self):
+        @qga_mini.command("test-crash")
+        def crash(agent):
+            return 1 // 0
+        self.addCleanup(qga_mini.COMMANDS.pop, "test-crash")
+        cls, desc = self.h.error("test-crash")
+        self.assertEqual(cls, "GenericError")
+        self.assertIn("division", desc)
+        self.assertEqual(self.h.call("guest-ping"), {})
+
+
+class OverSockets(unittest.TestCase):
+    def test_new_connection_starts_with_a_fresh_framer(self):
+        # qemu-ga would finish the stale half request with the next client's bytes.
+        with AgentProcess() as agent:
+            first = agent.connect()
+            first.send(b'{"execute":')
+            first.sock.close()
+            second = agent.connect()
+            second.send(b'{"execute":"guest-ping"}')
+            self.assertEqual(second.read_reply(), {"return": {}})
+
+    def test_pipelined_requests_all_answered_in_order(self):
+        with AgentProcess() as agent:
+            client = agent.connect()
+            client.send(b"".join(b'{"execute":"guest-sync","arguments":{"id":%d}}' % i
+                                 for i in range(2000)))
+            for i in range(2000):
+                self.assertEqual(client.read_reply(), {"return": i})
+
+    def test_client_vanishing_with_unread_replies_does_not_stop_the_agent(self):
+        with AgentProcess() as agent:
+            client = agent.connect()
+            client.send(b'{"execute":"guest-info"}' * 500)
+            client.sock.close()
+            again = agent.connect()
+            self.assertEqual(again.call("guest-ping"), {})
+            self.assertIsNone(agent.proc.poll())
+
+
+if __name__ == "__main__":
+    unittest.main()

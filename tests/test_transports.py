@@ -1,0 +1,221 @@
+"""Channels without a VM: stdio, unix-listen, a pty as isa-serial or virtio-serial, discovery."""
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import tempfile
+import termios
+import threading
+import time
+import tty
+import unittest
+
+from tests.support import AGENT, PYTHON, AgentProcess, LineClient, qga_mini
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Stdio(unittest.TestCase):
+    def test_requests_on_stdin_replies_on_stdout(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        out = subprocess.run([PYTHON, AGENT, "-m", "stdio", "-t", tmp],
+                             input=b'{"execute":"guest-ping"}{"execute":"guest-sync",'
+                                   b'"arguments":{"id":4}}\n', stdout=subprocess.PIPE,
+                             timeout=30).stdout
+        self.assertEqual(out, b'{"return": {}}\n{"return": 4}\n')
+
+
+class UnixListen(unittest.TestCase):
+    def test_second_client_is_served_after_the_first_leaves(self):
+        with AgentProcess() as agent:
+            first = agent.connect()
+            self.assertEqual(first.call("guest-ping"), {})
+            second = agent.connect()
+            second.send(b'{"execute":"guest-sync","arguments":{"id":2}}')
+            second.expect_silence(0.3)
+            self.assertEqual(first.call("guest-sync", id=1), 1)     # the first is undisturbed
+            first.sock.close()
+            self.assertEqual(second.read_reply(), {"return": 2})
+
+    def test_many_connect_disconnect_cycles(self):
+        with AgentProcess() as agent:
+            for i in range(200):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(agent.path)
+                if i % 2:
+                    sock.sendall(b'{"execute":"guest-ping"}')
+                    self.assertEqual(LineClient(sock).read_reply(), {"return": {}})
+                sock.close()
+            self.assertEqual(agent.connect().call("guest-ping"), {})
+            fds = len(os.listdir("/proc/%d/fd" % agent.proc.pid))
+            self.assertLess(fds, 16)
+
+
+class SerialOverPty(unittest.TestCase):
+    """A pty stands in for the serial port; the test holds the host (master) side."""
+
+    def start(self, method):
+        master, slave = pty.openpty()
+        if method == "virtio-serial":
+            tty.setraw(slave)                   # a virtio port has no line discipline
+        path = os.ttyname(slave)
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        proc = subprocess.Popen([PYTHON, AGENT, "-m", method, "-p", path, "-t", tmp],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        if method == "isa-serial":              # the agent flushes input when it sets raw mode
+            deadline = time.time() + 10
+            while termios.tcgetattr(slave)[3] & termios.ICANON and time.time() < deadline:
+                time.sleep(0.01)
+        return master, slave, proc
+
+    def talk(self, master, data):
+        os.write(master, data)
+        reply, deadline = b"", time.time() + 10
+        while not reply.endswith(b"\n") and time.time() < deadline:
+            reply += os.read(master, 4096)
+        return reply
+
+    def test_isa_serial_sets_raw_mode_and_serves(self):
+        master, slave, proc = self.start("isa-serial")
+        self.assertEqual(self.talk(master, b'{"execute":"guest-sync","arguments":{"id":5}}'),
+                         b'{"return": 5}\n')
+        iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(slave)
+        self.assertFalse(iflag & (termios.ICRNL | termios.IXON))
+        self.assertFalse(lflag & (termios.ICANON | termios.ECHO | termios.ISIG))
+        self.assertFalse(oflag & termios.OPOST)
+        self.assertEqual(cc[termios.VMIN], 1)
+        self.assertEqual(ospeed, termios.B38400)
+
+    def test_host_hangup_costs_no_cpu(self):
+        # After the host side closes, the port reports hang-up for ever; qemu-ga polls it at
+        # 10 Hz.  We must sleep instead of spinning.
+        master, slave, proc = self.start("virtio-serial")
+        self.assertEqual(self.talk(master, b'{"execute":"guest-ping"}'), b'{"return": {}}\n')
+        os.close(slave)
+        os.close(master)
+        time.sleep(0.3)
+        before = cpu_seconds(proc.pid)
+        time.sleep(1.5)
+        self.assertLess(cpu_seconds(proc.pid) - before, 0.1)
+        self.assertIsNone(proc.poll())
+
+
+class VirtioDiscovery(unittest.TestCase):
+    def tree(self, ports, udev_link=False):
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root)
+        os.makedirs(os.path.join(root, "dev"))
+        for port, name in ports.items():
+            d = os.path.join(root, "sys/class/virtio-ports", port)
+            os.makedirs(d)
+            with open(os.path.join(d, "name"), "w") as f:
+                f.write(name + "\n")
+            open(os.path.join(root, "dev", port), "w").close()
+        if udev_link:
+            os.makedirs(os.path.join(root, "dev/virtio-ports"))
+            os.symlink("../vport0p1", os.path.join(root, "dev/virtio-ports", udev_link))
+        return qga_mini.Host(root)
+
+    def test_udev_link_wins(self):
+        host = self.tree({"vport0p1": qga_mini.VIRTIO_PORT_NAME},
+                         udev_link=qga_mini.VIRTIO_PORT_NAME)
+        self.assertEqual(qga_mini.find_virtio_port(host)[0],
+                         "/dev/virtio-ports/org.qemu.guest_agent.0")
+
+    def test_sysfs_scan_without_udev(self):
+        host = self.tree({"vport0p1": "org.qemu.spice", "vport0p2": qga_mini.VIRTIO_PORT_NAME})
+        path, tried = qga_mini.find_virtio_port(host)
+        self.assertEqual(path, "/dev/vport0p2")
+        self.assertIn("/sys/class/virtio-ports/*/name", tried)
+
+    def test_absent_port_says_where_it_looked(self):
+        path, tried = qga_mini.find_virtio_port(self.tree({"vport0p1": "org.qemu.spice"}))
+        self.assertIsNone(path)
+        self.assertEqual(tried, ["/dev/virtio-ports/org.qemu.guest_agent.0",
+                                 "/sys/class/virtio-ports/*/name"])
+
+    def test_waits_for_a_hotplugged_port(self):
+        host = self.tree({})
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        config = qga_mini.Config()
+        config.statedir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, config.statedir)
+        log = qga_mini.Log(open(os.devnull, "w"))
+        self.addCleanup(log.stream.close)
+        agent = qga_mini.Agent(config, host=host, log=log)
+        server = qga_mini.Server(agent, qga_mini.Channel(config, host, log))
+        saved = qga_mini.PORT_RESCAN_INTERVAL, qga_mini.BUSY_RETRY_INTERVAL
+        qga_mini.PORT_RESCAN_INTERVAL = qga_mini.BUSY_RETRY_INTERVAL = 0.1
+        self.addCleanup(setattr, qga_mini, "PORT_RESCAN_INTERVAL", saved[0])
+        self.addCleanup(setattr, qga_mini, "BUSY_RETRY_INTERVAL", saved[1])
+        thread = threading.Thread(target=server.run_serial, daemon=True)
+        thread.start()
+        time.sleep(0.3)
+        d = os.path.join(host.root, "sys/class/virtio-ports/vport1p1")
+        os.makedirs(d)
+        with open(os.path.join(d, "name"), "w") as f:
+            f.write(qga_mini.VIRTIO_PORT_NAME)
+        tty.setraw(slave)
+        os.symlink(os.ttyname(slave), os.path.join(host.root, "dev/vport1p1"))
+        self.addCleanup(os.close, slave)
+        os.write(master, b'{"execute":"guest-sync","arguments":{"id":77}}')
+        reply, deadline = b"", time.time() + 10
+        while not reply.endswith(b"\n") and time.time() < deadline:
+            reply += os.read(master, 4096)
+        self.assertEqual(reply, b'{"return": 77}\n')
+        server.stop()
+        thread.join(5)
+        server.close()
+
+
+class VsockListen(unittest.TestCase):
+    def test_address_parsing(self):
+        self.assertEqual(qga_mini.parse_vsock_address("4294967295:1234"), (4294967295, 1234))
+        for bad in ("3", "3:x", "x:3", "4294967296:1", None):
+            with self.assertRaises(qga_mini.ChannelError):
+                qga_mini.parse_vsock_address(bad)
+
+    def test_serves_on_vsock_where_the_kernel_has_it(self):
+        family = getattr(socket, "AF_VSOCK", None)
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            probe.bind((socket.VMADDR_CID_ANY, 0))
+            probe.close()
+        except (OSError, TypeError):
+            self.skipTest("no vsock transport in this kernel")
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        port = 40000 + os.getpid() % 20000
+        proc = subprocess.Popen([PYTHON, AGENT, "-m", "vsock-listen", "-p",
+                                 "%d:%d" % (socket.VMADDR_CID_ANY, port), "-t", tmp])
+        try:
+            deadline = time.time() + 2
+            while True:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.connect((1, port))       # VMADDR_CID_LOCAL
+                    break
+                except OSError:
+                    sock.close()
+                    if time.time() > deadline:
+                        self.skipTest("vsock loopback is not available here")
+                    time.sleep(0.05)
+            self.assertEqual(LineClient(sock).call("guest-ping"), {})
+            sock.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    unittest.main()
