@@ -202,6 +202,35 @@ class Host(object):
             real = real[len(self.root):] or "/"
         return real
 
+    def rtnetlink_dump(self, msg_type, header):
+        """The raw replies to one rtnetlink dump request (``msg_type`` + its ``header``).
+
+        The kernel's network state is not in any file, so a fixture tree keeps a captured
+        dump as ``/rtnetlink/<msg_type>`` and that is read instead.  OSError on failure.
+        """
+        if self.root != "/":
+            return self.read_bytes("/rtnetlink/%d" % msg_type)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        try:
+            sock.bind((0, 0))
+            flags = 0x301                               # NLM_F_REQUEST | NLM_F_DUMP
+            sock.sendall(struct.pack("=IHHII", 16 + len(header), msg_type, flags, 1, 0)
+                         + header)
+            chunks = []
+            while True:
+                data = sock.recv(1 << 16)               # the kernel fills at most 32 KiB
+                if not data:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                chunks.append(data)
+                offset = 0
+                while offset + 16 <= len(data):         # the dump ends at DONE or ERROR
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind in (2, 3) or length < 16:
+                        return b"".join(chunks)
+                    offset += (length + 3) & ~3
+        finally:
+            sock.close()
+
 
 # ==============================================================================================
 # Wire protocol: the streaming framer, the JSON parser and the reply encoder
