@@ -7,12 +7,14 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
-from tests.support import FIXTURES, LineClient, qga_mini  # noqa: F401
+from tests.support import FIXTURES, AgentHarness, LineClient, qga_mini  # noqa: F401
 
 SYSTEM = os.path.join(FIXTURES, "system", "cpus-net")
 sys.path.insert(0, SYSTEM)
@@ -61,6 +63,38 @@ class GuestTree(object):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class TreeCase(unittest.TestCase):
+    """A test on a fresh copy of the ``profile`` tree, with an agent (``self.h``) on it."""
+    profile = "large"
+
+    def setUp(self):
+        self.tree = GuestTree(self.profile)
+        self.h = AgentHarness(host_root=self.tree.root)
+
+    def tearDown(self):
+        self.h.close()
+        self.tree.close()
+
+
+def call_on(profile, command, change=None):
+    """(reply, description) of ``command`` on a fresh ``profile`` tree, after ``change(tree)``.
+
+    An error reply is returned as ("error", class, desc)."""
+    tree = GuestTree(profile)
+    try:
+        if change:
+            change(tree)
+        with AgentHarness(host_root=tree.root) as h:
+            try:
+                return h.call(command), tree.guest
+            except Exception as exc:
+                if not hasattr(exc, "desc"):
+                    raise
+                return ("error", exc.cls, exc.desc), tree.guest
+    finally:
+        tree.close()
+
+
 def golden(profile, command):
     """qemu-ga 7.2's reply to ``command`` recorded when ``profile`` was captured."""
     with open(os.path.join(SYSTEM, profile, "qemu-ga-7.2-%s.json" % command)) as f:
@@ -71,7 +105,6 @@ class QemuGa(object):
     """qemu-ga -m unix-listen in a temp dir; ``prefix`` runs it elsewhere (ip netns exec)."""
 
     def __init__(self, prefix=()):
-        import socket
         self.tmp = tempfile.mkdtemp(prefix="qga-oracle-")
         sock_path = os.path.join(self.tmp, "q.sock")
         os.mkdir(os.path.join(self.tmp, "state"))
@@ -80,14 +113,9 @@ class QemuGa(object):
                                                      os.path.join(self.tmp, "state")],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not os.path.exists(sock_path):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("qemu-ga did not start")
-            time.sleep(0.01)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(sock_path)
-        self.client = LineClient(sock)
+        if self.proc.poll() is not None:
+            raise RuntimeError("qemu-ga did not start")
+        self.client = LineClient(connect_unix(sock_path))
 
     def raw(self, name):
         """The reply line to ``name``, as text."""
@@ -102,6 +130,21 @@ class QemuGa(object):
         self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def connect_unix(path, timeout=10.0):
+    """A socket connected to an agent that is still starting (bound is not yet listening)."""
+    deadline = time.time() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def encode_return(value):

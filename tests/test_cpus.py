@@ -9,23 +9,10 @@ import os
 import unittest
 
 from tests.support import AgentHarness, needs_root, qga_mini
-from tests.system_support import QEMU_GA, GuestTree, QemuGa, golden
+from tests.system_support import QEMU_GA, QemuGa, TreeCase, golden
 
 CPU = "/sys/devices/system/cpu"
 MEMORY = "/sys/devices/system/memory"
-
-
-class TreeCase(unittest.TestCase):
-    """A test on a fresh copy of one fixture tree, with an agent pointed at it."""
-    profile = "large"
-
-    def setUp(self):
-        self.tree = GuestTree(self.profile)
-        self.h = AgentHarness(host_root=self.tree.root)
-
-    def tearDown(self):
-        self.h.close()
-        self.tree.close()
 
 
 class PureParsers(unittest.TestCase):
