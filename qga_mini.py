@@ -238,7 +238,7 @@ class Host(object):
                 offset = 0
                 while offset + 16 <= len(data):         # the dump ends at DONE or ERROR
                     length, kind = struct.unpack_from("=IH", data, offset)
-                    if kind in (2, 3) or length < 16:
+                    if kind in (NLMSG_ERROR, NLMSG_DONE) or length < 16:
                         return b"".join(chunks)
                     offset += (length + 3) & ~3
         finally:
