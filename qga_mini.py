@@ -98,12 +98,23 @@ FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never
 # (end of disks constants)
 
 # Constants of the cpus commands.
+CPU_SYSFS_DIR = "/sys/devices/system/cpu"
+MEMORY_SYSFS_DIR = "/sys/devices/system/memory/"   # qemu-ga names it with the slash in errors
 # (end of cpus constants)
 
 # Constants of the network commands.
+PROC_NET_DEV = "/proc/net/dev"
+PROC_NET_ROUTE = "/proc/net/route"
+PROC_NET_IPV6_ROUTE = "/proc/net/ipv6_route"
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+IFLA_ADDRESS, IFLA_IFNAME = 1, 3                 # rtattr types in RTM_NEWLINK
+IFA_ADDRESS, IFA_LOCAL, IFA_LABEL = 1, 2, 3      # rtattr types in RTM_NEWADDR
+MAC_BYTES = 6                                    # qemu-ga prints 6 bytes of any link address
 # (end of network constants)
 
 # Constants of the devices commands.
+PCI_SYSFS_DIR = "/sys/bus/pci/devices"
 # (end of devices constants)
 
 # Constants of the identity commands.
@@ -113,6 +124,8 @@ FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never
 # (end of ssh constants)
 
 # Constants of the stats commands.
+PROC_STAT = "/proc/stat"
+PROC_LOADAVG = "/proc/loadavg"
 # (end of stats constants)
 
 # Integer ranges of the QAPI types.
@@ -201,6 +214,35 @@ class Host(object):
         if self.root != "/" and real.startswith(self.root):
             real = real[len(self.root):] or "/"
         return real
+
+    def rtnetlink_dump(self, msg_type, header):
+        """The raw replies to one rtnetlink dump request (``msg_type`` + its ``header``).
+
+        The kernel's network state is not in any file, so a fixture tree keeps a captured
+        dump as ``/rtnetlink/<msg_type>`` and that is read instead.  OSError on failure.
+        """
+        if self.root != "/":
+            return self.read_bytes("/rtnetlink/%d" % msg_type)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        try:
+            sock.bind((0, 0))
+            flags = 0x301                               # NLM_F_REQUEST | NLM_F_DUMP
+            sock.sendall(struct.pack("=IHHII", 16 + len(header), msg_type, flags, 1, 0)
+                         + header)
+            chunks = []
+            while True:
+                data = sock.recv(1 << 16)               # the kernel fills at most 32 KiB
+                if not data:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                chunks.append(data)
+                offset = 0
+                while offset + 16 <= len(data):         # the dump ends at DONE or ERROR
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind in (NLMSG_ERROR, NLMSG_DONE) or length < 16:
+                        return b"".join(chunks)
+                    offset += (length + 3) & ~3
+        finally:
+            sock.close()
 
 
 # ==============================================================================================
@@ -1138,16 +1180,527 @@ def guest_info(agent):
 
 
 # -- CPUs and memory: guest-get/set-vcpus, memory blocks -----------------------------------
+#
+# Both live in sysfs as numbered directories with a state file: cpu<N>/online ('0' or '1')
+# and memory<N>/state ('online', 'offline', ...).  A CPU without an online file (cpu0 on
+# most x86 guests) cannot be unplugged.  Directories are reported in numeric order.
+
+_CPU_ENTRY = re.compile(r"cpu([0-9]+)\Z")
+_MEMORY_ENTRY = re.compile(r"memory([0-9]+)\Z")
+_HEX_PREFIX = re.compile(r"\s*([+-]?)(?:0[xX](?=[0-9a-fA-F]))?([0-9a-fA-F]*)")
+
+
+def numbered_entries(names, pattern):
+    """The numbers N of the directory entries ``pattern`` matches (cpu<N>, ...), in order."""
+    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+
+
+def parse_block_size(text):
+    """block_size_bytes (hex without 0x) as qemu-ga reads it: strtol(text, 16)."""
+    sign, digits = _HEX_PREFIX.match(text).groups()
+    value = min(int(digits or "0", 16), INT64_MAX)
+    return (-value if sign == "-" else value) & UINT64_MAX
+
+
+def _sysfs_error(fmt, path, exc):
+    """A QgaError worded as qemu-ga's error_setg_errno, remembering the errno."""
+    error = QgaError(fmt % path + ": " + os_error_text(exc))
+    error.errno = exc.errno
+    return error
+
+
+def _pread_at(dirfd, name, size):
+    """The first ``size`` bytes of the sysfs file ``name`` under ``dirfd`` (never empty)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError as exc:
+        raise _sysfs_error('open sysfs file "%s"', name, exc)
+    try:
+        data = os.pread(fd, size, 0)
+    except OSError as exc:
+        raise _sysfs_error('pread sysfs file "%s"', name, exc)
+    finally:
+        os.close(fd)
+    if not data:
+        error = QgaError('pread sysfs file "%s": unexpected EOF' % name)
+        error.errno = 0
+        raise error
+    return data
+
+
+def _open_dir(host, path):
+    try:
+        return os.open(host.path(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _sysfs_error('open("%s")', path, exc)
+
+
+def transfer_vcpu(host, logical_id, online=None):
+    """Read (``online`` None) or set one CPU's state as qemu-ga does: (online, can_offline).
+
+    The error texts are qemu-ga's, double slash included.
+    """
+    dirpath = "%s/cpu%d/" % (CPU_SYSFS_DIR, logical_id)
+    online_path = dirpath + "/online"
+    dirfd = _open_dir(host, dirpath)
+    try:
+        try:
+            fd = os.open("online", (os.O_RDONLY if online is None else os.O_RDWR)
+                         | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise _sysfs_error('open("%s")', online_path, exc)
+            if online is False:
+                raise QgaError("logical processor #%d can't be offlined" % logical_id)
+            return True, False                  # not hot-pluggable: always online
+        try:
+            try:
+                status = os.pread(fd, 1, 0)
+            except OSError as exc:
+                raise _sysfs_error('pread("%s")', online_path, exc)
+            if not status:
+                raise QgaError('pread("%s"): unexpected EOF' % online_path)
+            current = status != b"0"
+            if online is not None and online != current:
+                try:
+                    os.pwrite(fd, b"1" if online else b"0", 0)
+                except OSError as exc:
+                    raise _sysfs_error('pwrite("%s")', online_path, exc)
+            return current, True
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dirfd)
+
+
+@command("guest-get-vcpus", returns=["GuestLogicalProcessor"])
+def guest_get_vcpus(agent):
+    """guest-get-vcpus: every cpu<N> in sysfs, online or not, and whether it can go offline."""
+    try:
+        names = os.listdir(agent.host.path(CPU_SYSFS_DIR))
+    except OSError as exc:
+        raise QgaError("failed to list entries: %s: %s" % (CPU_SYSFS_DIR, os_error_text(exc)))
+    vcpus = []
+    for logical_id in numbered_entries(names, _CPU_ENTRY):
+        online, can_offline = transfer_vcpu(agent.host, logical_id)
+        vcpus.append({"online": online, "can-offline": can_offline, "logical-id": logical_id})
+    return vcpus
+
+
+@command("guest-set-vcpus", data={"vcpus": ["GuestLogicalProcessor"]}, returns="int")
+def guest_set_vcpus(agent, vcpus):
+    """guest-set-vcpus: apply the entries in order and stop at the first failure.
+
+    The count of entries done is returned; the error is reported only when the very first
+    entry failed (the schema's partial-success rule).
+    """
+    done = 0
+    for vcpu in vcpus:
+        try:
+            transfer_vcpu(agent.host, vcpu["logical-id"], vcpu["online"])
+        except QgaError:
+            if done == 0:
+                raise
+            break
+        done += 1
+    return done
+
+
+def _memory_block_dir(index):
+    """memory<N>/ as qemu-ga prints the uint64 index (PRId64: 2^64-1 is memory-1)."""
+    return "%smemory%d/" % (MEMORY_SYSFS_DIR, index - (1 << 64) if index > INT64_MAX else index)
+
+
+def read_memory_block(host, index):
+    """(online, can_offline) of one memory block; QgaError worded as qemu-ga."""
+    dirfd = _open_dir(host, _memory_block_dir(index))
+    try:
+        try:
+            state = _pread_at(dirfd, "state", 10)
+        except QgaError as exc:
+            if exc.errno == errno.ENOENT:       # very old kernels: no state, not removable
+                return True, False
+            raise
+        try:
+            removable = _pread_at(dirfd, "removable", 1)
+        except QgaError as exc:
+            if exc.errno == errno.ENOENT:
+                return state.startswith(b"online"), False
+            raise
+        return state.startswith(b"online"), removable != b"0"
+    finally:
+        os.close(dirfd)
+
+
+def set_memory_block(host, index, online):
+    """One GuestMemoryBlockResponse: bring a block online or offline through its state file."""
+    def response(kind, code=None):
+        if code is None:
+            return {"response": kind, "phys-index": index}
+        return {"response": kind, "error-code": code, "phys-index": index}
+
+    try:
+        os.stat(host.path(MEMORY_SYSFS_DIR))
+    except OSError as exc:
+        unsupported = exc.errno == errno.ENOENT
+        return response("operation-not-supported" if unsupported else "operation-failed",
+                        exc.errno)
+    try:
+        dirfd = _open_dir(host, _memory_block_dir(index))
+    except QgaError as exc:
+        return response("not-found" if exc.errno == errno.ENOENT else "operation-failed",
+                        exc.errno)
+    try:
+        try:
+            state = _pread_at(dirfd, "state", 10)
+        except QgaError as exc:
+            if exc.errno == errno.ENOENT:       # no state file: always online
+                return response("success") if online else response(
+                    "operation-not-supported", exc.errno)
+            return response("operation-failed", exc.errno or None)
+        if online == state.startswith(b"online"):
+            return response("success")
+        try:
+            fd = os.open("state", os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, dir_fd=dirfd)
+            try:
+                os.write(fd, b"online" if online else b"offline")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return response("operation-failed", exc.errno)
+        return response("success")
+    finally:
+        os.close(dirfd)
+
+
+@command("guest-get-memory-blocks", returns=["GuestMemoryBlock"])
+def guest_get_memory_blocks(agent):
+    """guest-get-memory-blocks: every memory<N> block, its state and whether it is removable."""
+    host = agent.host
+    try:
+        entries = [e.name for e in os.scandir(host.path(MEMORY_SYSFS_DIR)) if e.is_dir()]
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:           # no memory hotplug in this guest
+            return []
+        raise QgaError('Can\'t open directory"%s": %s' % (MEMORY_SYSFS_DIR, os_error_text(exc)))
+    blocks = []
+    for index in numbered_entries(entries, _MEMORY_ENTRY):
+        online, can_offline = read_memory_block(host, index)
+        blocks.append({"online": online, "can-offline": can_offline, "phys-index": index})
+    if not blocks:
+        raise QgaError("guest reported zero memory blocks!")
+    return blocks
+
+
+@command("guest-set-memory-blocks", data={"mem-blks": ["GuestMemoryBlock"]},
+         returns=["GuestMemoryBlockResponse"])
+def guest_set_memory_blocks(agent, mem_blks):
+    """guest-set-memory-blocks: one response per requested block, in request order."""
+    return [set_memory_block(agent.host, block["phys-index"], block["online"])
+            for block in mem_blks]
+
+
+@command("guest-get-memory-block-info", returns="GuestMemoryBlockInfo")
+def guest_get_memory_block_info(agent):
+    """guest-get-memory-block-info: the size of one memory block in bytes."""
+    dirfd = _open_dir(agent.host, MEMORY_SYSFS_DIR)
+    try:
+        text = _pread_at(dirfd, "block_size_bytes", 20)
+    finally:
+        os.close(dirfd)
+    return {"size": parse_block_size(text.decode("ascii", "replace"))}
 
 # (end of cpus commands)
 
 
 # -- Network: guest-network-get-interfaces, guest-network-get-route ------------------------
+#
+# qemu-ga walks getifaddrs(), which glibc builds from two rtnetlink dumps: every link
+# (RTM_GETLINK), then every address (RTM_GETADDR, IPv4 before IPv6).  We read the same two
+# dumps, so interfaces come in the same order, secondary addresses are all there, and an
+# IPv4 address with an alias label ("eth0:1") is its own interface, as in qemu-ga.  The
+# hardware address qemu-ga gets from SIOCGIFHWADDR is the link's IFLA_ADDRESS cut or padded
+# to 6 bytes (the kernel strips an alias label before looking the name up).
+
+_IPV4_ROUTE = re.compile(r"(\S+)\s+" + r"([0-9a-fA-F]+)\s+" * 3 + r"([-+]?[0-9]+)\s+" * 3
+                         + r"([0-9a-fA-F]+)" + r"\s+([-+]?[0-9]+)" * 3)
+_IPV6_ROUTE = re.compile(r"([0-9a-fA-F]{32})\s+([0-9a-fA-F]+)\s+([0-9a-fA-F]{32})\s+"
+                         r"([0-9a-fA-F]+)\s+([0-9a-fA-F]{32})\s+" + r"([0-9a-fA-F]+)\s+" * 4
+                         + r"(\S+)")
+
+
+def parse_netlink_dump(data):
+    """The (type, payload) of every message of a netlink dump, up to NLMSG_DONE.
+
+    OSError for an NLMSG_ERROR reply (with the kernel's errno) or for truncated data.
+    """
+    messages = []
+    offset, end = 0, len(data)
+    while offset + 16 <= end:
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16 or offset + length > end:
+            raise OSError(errno.EBADMSG, os.strerror(errno.EBADMSG))
+        if kind == NLMSG_DONE:
+            break
+        payload = data[offset + 16:offset + length]
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else errno.EIO
+            if code:
+                raise OSError(code, os.strerror(code))
+        else:
+            messages.append((kind, payload))
+        offset += (length + 3) & ~3
+    return messages
+
+
+def parse_rtattrs(data, offset):
+    """{type: value bytes} of the rtattrs that fill ``data`` from ``offset``."""
+    attrs = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        attrs[kind & 0x3FFF] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def _rtattr_text(value):
+    return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def parse_links(messages):
+    """[(ifindex, name, link-layer address bytes)] of the RTM_NEWLINK messages, in order."""
+    links = []
+    for kind, payload in messages:
+        if kind != RTM_NEWLINK or len(payload) < 16:
+            continue
+        index = struct.unpack_from("=i", payload, 4)[0]
+        attrs = parse_rtattrs(payload, 16)
+        if IFLA_IFNAME in attrs:
+            links.append((index, _rtattr_text(attrs[IFLA_IFNAME]), attrs.get(IFLA_ADDRESS, b"")))
+    return links
+
+
+def parse_addresses(messages):
+    """[(ifindex, label or None, "ipv4"|"ipv6", address text, prefix)] of RTM_NEWADDR.
+
+    As getifaddrs(): the local address (IFA_LOCAL) when there is one, else IFA_ADDRESS (on
+    a point-to-point link IFA_ADDRESS is the peer); the prefix capped at the address size.
+    """
+    addresses = []
+    for kind, payload in messages:
+        if kind != RTM_NEWADDR or len(payload) < 8:
+            continue
+        family, prefix, _, _, index = struct.unpack_from("=BBBBI", payload)
+        if family == socket.AF_INET:
+            kind_name, size = "ipv4", 4
+        elif family == socket.AF_INET6:
+            kind_name, size = "ipv6", 16
+        else:
+            continue
+        attrs = parse_rtattrs(payload, 8)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if raw is None or len(raw) < size:
+            continue
+        label = _rtattr_text(attrs[IFA_LABEL]) if IFA_LABEL in attrs else None
+        addresses.append((index, label, kind_name, socket.inet_ntop(family, raw[:size]),
+                          min(prefix, size * 8)))
+    return addresses
+
+
+def parse_net_dev(text):
+    """{interface: GuestNetworkInterfaceStat} from /proc/net/dev (the first good line wins)."""
+    stats = {}
+    for line in text.splitlines():
+        name, colon, rest = line.lstrip().partition(":")
+        if not colon or name in stats:
+            continue
+        fields = rest.split()
+        try:
+            values = [min(int(v), INT64_MAX) & UINT64_MAX for v in fields[:16]]
+        except ValueError:
+            continue
+        if len(values) < 16:
+            continue
+        stats[name] = {"tx-packets": values[9], "tx-errs": values[10], "rx-bytes": values[0],
+                       "rx-dropped": values[3], "rx-packets": values[1], "rx-errs": values[2],
+                       "tx-bytes": values[8], "tx-dropped": values[11]}
+    return stats
+
+
+def format_mac(address):
+    """A link-layer address as qemu-ga prints it: 6 lower-case hex bytes, zero-padded."""
+    return ":".join("%02x" % b for b in bytearray((address + b"\0" * MAC_BYTES)[:MAC_BYTES]))
+
+
+def network_interfaces(links, addresses, stats):
+    """guest-network-get-interfaces' answer from parsed links, addresses and statistics.
+
+    Links first in dump order, then any alias label seen on an address.  ``statistics`` only
+    for an interface with an address, as qemu-ga.
+    """
+    interfaces = {}                         # name -> members, in order of first appearance
+    macs, names = {}, {}
+    for index, name, address in links:
+        macs[name] = format_mac(address)
+        names[index] = name
+        interfaces.setdefault(name, {})
+    for index, label, family, address, prefix in addresses:
+        name = label or names.get(index)
+        if name is None:
+            continue
+        members = interfaces.setdefault(name, {})
+        members.setdefault("ip-addresses", []).append(
+            {"ip-address-type": family, "ip-address": address, "prefix": prefix})
+    result = []
+    for name, members in interfaces.items():
+        info = {"name": name}
+        if "ip-addresses" in members:
+            info["ip-addresses"] = members["ip-addresses"]
+            if name in stats:
+                info["statistics"] = stats[name]
+        mac = macs.get(name.split(":", 1)[0])
+        if mac is not None:
+            info["hardware-address"] = mac
+        result.append(info)
+    return result
+
+
+@command("guest-network-get-interfaces", returns=["GuestNetworkInterface"])
+def guest_network_get_interfaces(agent):
+    """guest-network-get-interfaces: every interface, its addresses, MAC and counters."""
+    host = agent.host
+    try:
+        links = parse_links(parse_netlink_dump(
+            host.rtnetlink_dump(RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC,
+                                                         0, 0, 0, 0))))
+        addresses = parse_addresses(parse_netlink_dump(
+            host.rtnetlink_dump(RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC,
+                                                         0, 0, 0, 0))))
+    except (OSError, IOError) as exc:
+        raise QgaError("getifaddrs failed: %s" % os_error_text(exc))
+    stats = parse_net_dev(host.read_text(PROC_NET_DEV, ""))
+    return network_interfaces(links, addresses, stats)
+
+
+def _dotted_quad(value):
+    """An address from /proc/net/route (hex of the in-memory, network-order bytes)."""
+    return "%d.%d.%d.%d" % (value & 255, value >> 8 & 255, value >> 16 & 255, value >> 24 & 255)
+
+
+def _int32(value):
+    """A hex field read into a C int, as qemu-ga's sscanf("%x") does."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value > 0x7FFFFFFF else value
+
+
+def parse_ipv4_routes(text):
+    """guest-network-get-route entries for /proc/net/route (its header line skipped)."""
+    routes = []
+    for line in text.splitlines()[1:]:
+        m = _IPV4_ROUTE.match(line)
+        if not m:
+            continue
+        iface, dest, gateway, flags, refcnt, use, metric, mask, mtu, window, irtt = m.groups()
+        routes.append({
+            "flags": int(flags, 16) & 0xFFFFFFFF, "metric": _int32(int(metric)),
+            "refcnt": _int32(int(refcnt)), "window": _int32(int(window)), "version": 4,
+            "iface": iface, "destination": _dotted_quad(int(dest, 16)),
+            "irtt": _int32(int(irtt)), "gateway": _dotted_quad(int(gateway, 16)),
+            "use": _int32(int(use)), "mtu": _int32(int(mtu)),
+            "mask": _dotted_quad(int(mask, 16))})
+    return routes
+
+
+def _ipv6_text(hex32):
+    return socket.inet_ntop(socket.AF_INET6, bytes(bytearray.fromhex(hex32)))
+
+
+def parse_ipv6_routes(text):
+    """guest-network-get-route entries for /proc/net/ipv6_route.
+
+    metric, refcnt and use are read as C ints (ffffffff is -1), as qemu-ga does; flags
+    stay unsigned (qemu-ga sign-extends 0x80000000 and up into a huge uint64).
+    """
+    routes = []
+    for line in text.splitlines():
+        m = _IPV6_ROUTE.match(line.strip())
+        if not m:
+            continue
+        dest, dest_len, source, source_len, nexthop, metric, refcnt, use, flags, iface = \
+            m.groups()
+        routes.append({
+            "flags": int(flags, 16) & 0xFFFFFFFF, "source": _ipv6_text(source),
+            "metric": _int32(int(metric, 16)), "refcnt": _int32(int(refcnt, 16)),
+            "version": 6, "nexthop": _ipv6_text(nexthop), "iface": iface,
+            "destination": _ipv6_text(dest), "desprefixlen": str(_int32(int(dest_len, 16))),
+            "srcprefixlen": str(_int32(int(source_len, 16))), "use": _int32(int(use, 16))})
+    return routes
+
+
+@command("guest-network-get-route", returns=["GuestNetworkRoute"])
+def guest_network_get_route(agent):
+    """guest-network-get-route: the IPv4 then the IPv6 routing table.
+
+    Unlike qemu-ga, a guest without IPv6 (no /proc/net/ipv6_route) still gets its IPv4
+    routes; only when neither table can be read is it an error.
+    """
+    routes, errors = [], []
+    tables = ((PROC_NET_ROUTE, parse_ipv4_routes), (PROC_NET_IPV6_ROUTE, parse_ipv6_routes))
+    for path, parse in tables:
+        try:
+            text = agent.host.read_bytes(path).decode("utf-8", "replace")
+        except (OSError, IOError) as exc:
+            errors.append('open("%s"): %s' % (path, os_error_text(exc)))
+            continue
+        routes.extend(parse(text))
+    if len(errors) == len(tables):
+        raise QgaError(errors[0])
+    return routes
 
 # (end of network commands)
 
 
 # -- Devices: guest-get-devices ------------------------------------------------------------
+#
+# qemu-ga answers this only on Windows.  Here it lists the PCI functions that have a driver
+# bound (a function without one has no driver name to report, so it is left out), with the
+# driver's module version when the module declares one and the PCI vendor and device ids.
+
+
+def pci_driver_version(host, driver):
+    """The version of the module behind a PCI driver, or None if it declares none."""
+    try:
+        module = os.path.basename(os.readlink(host.path(
+            "/sys/bus/pci/drivers/%s/module" % driver)))
+    except OSError:
+        module = driver.replace("-", "_")       # built-in drivers have no module link
+    return host.read_attr("/sys/module/%s/version" % module) or None
+
+
+@command("guest-get-devices", returns=["GuestDeviceInfo"])
+def guest_get_devices(agent):
+    """guest-get-devices: the PCI devices with a bound driver, in PCI address order."""
+    host = agent.host
+    devices = []
+    for address in host.listdir(PCI_SYSFS_DIR):
+        base = "%s/%s/" % (PCI_SYSFS_DIR, address)
+        try:
+            driver = os.path.basename(os.readlink(host.path(base + "driver")))
+        except OSError:
+            continue
+        info = {"driver-name": driver}
+        version = pci_driver_version(host, driver)
+        if version is not None:
+            info["driver-version"] = version
+        vendor = host.read_int(base + "vendor", base=16)
+        device = host.read_int(base + "device", base=16)
+        if vendor is not None and device is not None and 0 <= vendor | device <= 0xFFFF:
+            info["id"] = {"device-id": device, "vendor-id": vendor, "type": "pci"}
+        devices.append(info)
+    return devices
 
 # (end of devices commands)
 
@@ -1163,6 +1716,72 @@ def guest_info(agent):
 
 
 # -- Statistics: guest-get-diskstats, guest-get-cpustats, guest-get-load -------------------
+
+_CPU_STAT_LINE = re.compile(r"cpu([0-9]+)\Z")
+_UNSIGNED = re.compile(r"[0-9]+\Z")
+_CPU_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+                    "guest", "guestnice")            # the order of /proc/stat
+_CPU_STAT_WIRE_ORDER = ("cpu", "guestnice", "idle", "steal", "iowait", "system", "guest",
+                        "nice", "irq", "type", "user", "softirq")   # qemu-ga's, on the wire
+
+
+def parse_proc_stat(text, clock_ticks):
+    """guest-get-cpustats' entries from /proc/stat: one per cpu<N> line, ticks as ms.
+
+    The total "cpu" line is skipped.  A member is present when its value is (older kernels
+    have fewer columns).  A cpu line with fewer than 4 values ends the list, as in qemu-ga,
+    which logs it: returns (entries, complete).
+    """
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(None, 11)
+        m = _CPU_STAT_LINE.match(fields[0]) if fields else None
+        if not m:
+            continue
+        values = []
+        for field in fields[1:11]:
+            if not _UNSIGNED.match(field):
+                break
+            values.append(int(field) * 1000 // clock_ticks & UINT64_MAX)
+        if len(values) < 4:
+            return entries, False
+        members = dict(zip(_CPU_STAT_FIELDS, values), cpu=int(m.group(1)), type="linux")
+        entries.append({k: members[k] for k in _CPU_STAT_WIRE_ORDER if k in members})
+    return entries, True
+
+
+@command("guest-get-cpustats", returns=["GuestCpuStats"])
+def guest_get_cpustats(agent):
+    """guest-get-cpustats: per-CPU times from /proc/stat in milliseconds (qemu-ga's unit)."""
+    try:
+        text = agent.host.read_bytes(PROC_STAT).decode("ascii", "replace")
+    except (OSError, IOError) as exc:
+        raise QgaError('open("%s"): %s' % (PROC_STAT, os_error_text(exc)))
+    entries, complete = parse_proc_stat(text, os.sysconf("SC_CLK_TCK"))
+    if not complete:
+        agent.log.warning('Parsing cpu stat from %s failed, see "man proc"' % PROC_STAT)
+    return entries
+
+
+def parse_loadavg(text):
+    """The 1, 5 and 15 minute load averages of /proc/loadavg; ValueError if malformed."""
+    fields = text.split()
+    if len(fields) < 3:
+        raise ValueError(text)
+    return [float(field) for field in fields[:3]]
+
+
+@command("guest-get-load", returns="GuestLoadAverage")
+def guest_get_load(agent):
+    """guest-get-load: the load averages, as getloadavg() reads them from /proc/loadavg."""
+    try:
+        load1, load5, load15 = parse_loadavg(
+            agent.host.read_bytes(PROC_LOADAVG, 64).decode("ascii", "replace"))
+    except (OSError, IOError) as exc:
+        raise QgaError("cannot query load average: %s" % os_error_text(exc))
+    except ValueError:
+        raise QgaError("cannot query load average: %s" % os.strerror(errno.EINVAL))
+    return {"load15m": load15, "load5m": load5, "load1m": load1}
 
 # (end of stats commands)
 
