@@ -1442,7 +1442,7 @@ def _suspend_with_pm_utils(host, mode):
 
 
 def _write_sysfs(host, path, value):
-    fd = os.open(host.path(path), os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)   # as "echo >" does
     try:
         os.write(fd, value.encode())
     finally:
@@ -1833,10 +1833,7 @@ def guest_set_user_password(agent, username, password, crypted):
         raise QgaError("forbidden characters in username")
     if crypted and b":" in secret:
         raise QgaError("forbidden characters in crypted password")
-    try:
-        line = username.encode("utf-8") + b":" + secret + b"\n"
-    except UnicodeEncodeError:
-        raise QgaError("forbidden characters in username")
+    line = username.encode("utf-8") + b":" + secret + b"\n"
     result = run_helper(agent.host, ["chpasswd", "-e"] if crypted else ["chpasswd"], line)
     if result is None:
         if not crypted:
@@ -1866,12 +1863,8 @@ _SSH_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def check_ssh_key(key):
-    """qemu-ga's key check (not a comment, one line), plus no NUL and encodable text."""
-    try:
-        key.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        key = None
-    if key is None or key.startswith("#") or "\n" in key or "\0" in key:
+    """qemu-ga's key check (not a comment, one line), plus no NUL (it would cut the line)."""
+    if key.startswith("#") or "\n" in key or "\0" in key:
         raise QgaError("invalid OpenSSH public key: '%s'" % key)
 
 
