@@ -84,6 +84,7 @@ FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never
 # here, so an agent started with a short PATH (an initramfs, a minimal init) still finds them.
 HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
+HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
 UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
 RTC_DEVICES = ("/dev/rtc0", "/dev/rtc", "/dev/misc/rtc")   # hwclock's search order
 RTC_TIME_FORMAT = "9i"             # struct rtc_time: sec min hour mday mon year wday yday isdst
@@ -1190,7 +1191,11 @@ def run_helper(host, argv, stdin_data=None):
     if path is None:
         return None
     argv = [os.path.basename(argv[0])] + list(argv[1:])
-    with tempfile.TemporaryFile() as output:
+    try:
+        output = tempfile.TemporaryFile()
+    except OSError:                     # no writable temporary directory: output is only logged
+        output = open(os.devnull, "w+b")
+    with output:
         try:
             child = subprocess.Popen(
                 argv, executable=path, env=dict(host.environ), close_fds=True,
@@ -1204,7 +1209,7 @@ def run_helper(host, argv, stdin_data=None):
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
         output.seek(0)
-        return child.returncode, output.read().decode("utf-8", "replace")
+        return child.returncode, output.read(HELPER_OUTPUT_KEPT).decode("utf-8", "replace")
 
 
 def set_system_clock(seconds):

@@ -210,6 +210,12 @@ class Helpers(unittest.TestCase):
         self.assertEqual(output, "out\nerr\n")
         self.assertEqual(self.guest.calls(), ["tool -e", "stdin:user:pass"])
 
+    def test_without_a_temporary_directory_the_output_is_dropped(self):
+        self.guest.standin("/bin/tool", status=4, script="echo out")
+        with mock.patch("tempfile.TemporaryFile", side_effect=OSError(30, "Read-only")):
+            self.assertEqual(qga_mini.run_helper(self.host(), ["tool"]), (4, ""))
+        self.assertEqual(self.guest.calls(), ["tool "])
+
     def test_a_missing_helper_is_none(self):
         self.assertIsNone(qga_mini.run_helper(self.host(), ["missing"]))
 
