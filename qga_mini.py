@@ -82,7 +82,8 @@ FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never
 # Constants of the time commands.
 # Helper programs (shutdown, hwclock, chpasswd, ...) are searched in the agent's PATH, then
 # here, so an agent started with a short PATH (an initramfs, a minimal init) still finds them.
-HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin",
+                      "/bin")
 HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
 HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
 UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
@@ -1346,10 +1347,19 @@ def kernel_reboot(command):
         raise OSError(code, os.strerror(code))
 
 
+def write_kernel_file(host, path, value):
+    """Write a /sys or /proc control file, as ``echo value > path`` does."""
+    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def shutdown_by_kernel(host, mode):
     """Power down, halt or reboot with no program at all: sync, then reboot(2), then sysrq.
 
-    Returns only if both failed; the error names the reboot(2) failure.
+    QgaError, naming the reboot(2) failure, when neither worked.
     """
     program, flag, command, sysrq_key = SHUTDOWN_MODES[mode]
     os.sync()
@@ -1360,12 +1370,8 @@ def shutdown_by_kernel(host, mode):
         failure = exc
     if sysrq_key:
         try:
-            fd = os.open(host.path(SYSRQ_TRIGGER), os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, sysrq_key.encode())
-                return
-            finally:
-                os.close(fd)
+            write_kernel_file(host, SYSRQ_TRIGGER, sysrq_key)
+            return
         except OSError:
             pass
     raise QgaError("no shutdown program found and the kernel refused to %s: %s"
@@ -1439,19 +1445,12 @@ def _suspend_with_systemd(host, mode):
 
 
 def _suspend_with_pm_utils(host, mode):
+    """As _suspend_with_systemd, with pm-is-supported and pm-hibernate|suspend|suspend-hybrid."""
     flag, program = SUSPEND_MODES[mode][2:]
     probe = run_helper(host, ["pm-is-supported", flag])
     if probe is None or probe[0] != 0:
         return None
     return _helper_outcome(host, [program])
-
-
-def _write_sysfs(host, path, value):
-    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)   # as "echo >" does
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def _suspend_with_sysfs(host, mode):
@@ -1464,15 +1463,15 @@ def _suspend_with_sysfs(host, mode):
         if mode == "hybrid":
             previous = next((c.strip("[]") for c in host.read_attr(POWER_DISK, "").split()
                              if c.startswith("[")), None)
-            _write_sysfs(host, POWER_DISK, "suspend")
-        _write_sysfs(host, POWER_STATE, target)
+            write_kernel_file(host, POWER_DISK, "suspend")
+        write_kernel_file(host, POWER_STATE, target)
         return ""
     except OSError as exc:
         return "suspend: cannot write to '%s': %s" % (POWER_STATE, os_error_text(exc))
     finally:
         if previous and previous != "suspend":
             try:
-                _write_sysfs(host, POWER_DISK, previous)
+                write_kernel_file(host, POWER_DISK, previous)
             except OSError:
                 pass
 
@@ -1566,7 +1565,7 @@ def guest_get_timezone(agent):
     return result
 
 
-_KEYFILE_SPACE = " \t\n\v\f\r"
+_ASCII_SPACE = " \t\n\v\f\r"            # GLib's g_ascii_isspace()
 _KEYFILE_GROUP_LINE = re.compile(r"\[([^\]]*)\][ \t]*\Z")
 _KEYFILE_GROUP_NAME = re.compile(r"[^\[\]\x00-\x1f\x7f]+\Z")
 _KEYFILE_KEY = re.compile(r"[^\[\]]*[^\[\] ](?:\[[\w.@-]*\])?\Z")
@@ -1588,7 +1587,7 @@ def parse_os_release(data):
     for line in text.split("\n"):
         if line.endswith("\r"):
             line = line[:-1]
-        line = line.lstrip(_KEYFILE_SPACE)
+        line = line.lstrip(_ASCII_SPACE)
         if not line or line.startswith("#"):
             continue
         header = _KEYFILE_GROUP_LINE.match(line) if line.startswith("[") else None
@@ -1598,10 +1597,10 @@ def parse_os_release(data):
                 return None
             continue
         key, equals, value = line.partition("=")
-        key = key.rstrip(_KEYFILE_SPACE)
+        key = key.rstrip(_ASCII_SPACE)
         if not equals or not _KEYFILE_KEY.match(key):
             return None
-        value = value.lstrip(_KEYFILE_SPACE)
+        value = value.lstrip(_ASCII_SPACE)
         if group == "os-release":
             if key == "Encoding" and value.upper() != "UTF-8":
                 return None
@@ -2019,7 +2018,7 @@ def guest_ssh_get_authorized_keys(agent, username):
             os.close(dir_fd)
     except OSError as exc:
         raise _read_failure(path, exc)
-    keys = [line.strip(_KEYFILE_SPACE) for line in split_authorized_keys(data, "replace")]
+    keys = [line.strip(_ASCII_SPACE) for line in split_authorized_keys(data, "replace")]
     return {"keys": [key for key in reversed(keys) if key and not key.startswith("#")]}
 
 

@@ -151,7 +151,8 @@ class OsInfo(unittest.TestCase):
     def test_qga_os_release_is_the_only_file_read_when_set(self):
         self.guest.write("/etc/os-release", "ID=etc\n")
         self.guest.write("/custom", "ID=custom\n")
-        self.assertEqual(self.osinfo({"QGA_OS_RELEASE": "/custom"}), dict(self.kernel, id="custom"))
+        self.assertEqual(self.osinfo({"QGA_OS_RELEASE": "/custom"}),
+                         dict(self.kernel, id="custom"))
         self.assertEqual(self.osinfo({"QGA_OS_RELEASE": "/missing"}), self.kernel)
 
     def test_members_in_qemu_ga_s_order(self):

@@ -223,8 +223,8 @@ class Suspend(PowerTest):
         self.assertEqual(self.guest.read("/sys/power/state"), "disk")
         self.sysfs()
         writes = []
-        real_write = qga_mini._write_sysfs
-        with mock.patch.object(qga_mini, "_write_sysfs",
+        real_write = qga_mini.write_kernel_file
+        with mock.patch.object(qga_mini, "write_kernel_file",
                                lambda host, path, value: (writes.append((path, value)),
                                                           real_write(host, path, value))):
             self.no_reply(h, "guest-suspend-hybrid")
@@ -240,7 +240,7 @@ class Suspend(PowerTest):
         # qemu-ga drops systemd's error here and sends nothing at all.
         self.sysfs()
         self.systemd(verb_code=1)
-        refuse = mock.patch.object(qga_mini, "_write_sysfs",
+        refuse = mock.patch.object(qga_mini, "write_kernel_file",
                                    side_effect=OSError(errno.EBUSY, "Device or resource busy"))
         h = self.agent()
         with refuse:
