@@ -5,7 +5,6 @@ text); a live side-by-side comparison runs too when qemu-ga is installed.  Passw
 only ever touch a temporary guest root (its chpasswd is a recording stand-in, its
 /etc/shadow a copy of tests/fixtures/identity/shadow).
 """
-import fcntl
 import json
 import os
 import shutil
@@ -317,12 +316,12 @@ class SetUserPassword(unittest.TestCase):
                                  crypted=False)[1], "child process has terminated abnormally")
 
     def test_a_raw_password_needs_chpasswd(self):
-        real = self.shadow()
+        self.shadow()
         self.assertEqual(self.agent().error("guest-set-user-password", username="alice",
                                             password="eA==", crypted=False)[1],
                          "cannot find 'chpasswd' program in PATH: only a crypted password "
                          "can be set without it")
-        self.assertEqual(open(real).read(), fixture("shadow"))
+        self.assertEqual(self.guest.read("/etc/shadow"), fixture("shadow"))
 
     @needs_root
     def test_without_chpasswd_a_crypted_password_goes_into_shadow(self):
@@ -332,7 +331,7 @@ class SetUserPassword(unittest.TestCase):
                           password="JDYkbmV3JG5ld2hhc2g=", crypted=True)     # $6$new$newhash
         after = os.stat(real)
         today = int(time.time() // 86400)
-        self.assertEqual(open(real).read(), fixture("shadow").replace(
+        self.assertEqual(self.guest.read("/etc/shadow"), fixture("shadow").replace(
             "alice:$6$old$oldhash:19001:", "alice:$6$new$newhash:%d:" % today))
         self.assertNotEqual(after.st_ino, before.st_ino, "replaced by a rename")
         self.assertEqual((after.st_mode, after.st_uid, after.st_gid),
@@ -347,14 +346,14 @@ class SetUserPassword(unittest.TestCase):
                          fixture("passwd").replace("bob:x:4244:", "bob:$1$h:4244:"))
 
     def test_an_unknown_user_leaves_shadow_alone(self):
-        real = self.shadow()
+        self.shadow()
         self.assertEqual(self.agent().error("guest-set-user-password", username="carol",
                                             password="JDEkaA==", crypted=True)[1],
                          "failed to set user password: no user 'carol' in /etc/shadow")
-        self.assertEqual(open(real).read(), fixture("shadow"))
+        self.assertEqual(self.guest.read("/etc/shadow"), fixture("shadow"))
 
     def test_the_account_tools_lock_is_respected(self):
-        real = self.shadow()
+        self.shadow()
         lock = self.guest.path("/etc/.pwd.lock")
         holder = subprocess.Popen([qga_mini.sys.executable, "-c",
                                    "import fcntl, os, sys, time\n"
@@ -362,6 +361,7 @@ class SetUserPassword(unittest.TestCase):
                                    "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
                                    "print('locked', flush=True)\ntime.sleep(30)\n", lock],
                                   stdout=subprocess.PIPE)
+        self.addCleanup(holder.stdout.close)
         self.addCleanup(holder.wait)
         self.addCleanup(holder.kill)
         self.assertEqual(holder.stdout.readline(), b"locked\n")
@@ -371,7 +371,7 @@ class SetUserPassword(unittest.TestCase):
                                      password="JDEkaA==", crypted=True)[1],
                              "failed to set user password in /etc/shadow: "
                              "Resource temporarily unavailable")
-        self.assertEqual(open(real).read(), fixture("shadow"))
+        self.assertEqual(self.guest.read("/etc/shadow"), fixture("shadow"))
 
 
 @unittest.skipUnless(shutil.which("qemu-ga"), "qemu-ga is not installed")

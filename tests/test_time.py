@@ -246,7 +246,7 @@ class Helpers(unittest.TestCase):
 
     def test_a_hung_helper_is_killed_and_a_lingering_daemon_does_not_block(self):
         self.guest.standin("/bin/hang", script="sleep 30")
-        self.guest.standin("/bin/forks", script="(sleep 30 &) ; true")
+        self.guest.standin("/bin/forks", script="(sleep 3 &) ; true")
         with mock.patch.object(qga_mini, "HELPER_TIMEOUT", 0.5):
             started = time.time()
             self.assertEqual(qga_mini.run_helper(self.host(), ["hang"])[0], -9)
