@@ -80,6 +80,20 @@ FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
 
 # Constants of the time commands.
+# Helper programs (shutdown, hwclock, chpasswd, ...) are searched in the agent's PATH, then
+# here, so an agent started with a short PATH (an initramfs, a minimal init) still finds them.
+HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin",
+                      "/bin")
+HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
+HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
+UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
+RTC_DEVICES = ("/dev/rtc0", "/dev/rtc", "/dev/misc/rtc")   # hwclock's search order
+RTC_TIME_FORMAT = "9i"             # struct rtc_time: sec min hour mday mon year wday yday isdst
+_RTC_IOC_ALTERNATE = os.uname()[4].startswith(("ppc", "powerpc", "mips", "sparc", "alpha"))
+RTC_RD_TIME = 0x40247009 if _RTC_IOC_ALTERNATE else 0x80247009    # _IOR('p', 9, rtc_time)
+RTC_SET_TIME = 0x8024700A if _RTC_IOC_ALTERNATE else 0x4024700A   # _IOW('p', 10, rtc_time)
+ADJTIME_PATH = "/etc/adjtime"      # its third line says whether the RTC keeps UTC or LOCAL
+MIN_SET_YEAR, MAX_SET_YEAR = 1970, 2069   # guest-set-time's accepted range (qemu-ga's)
 # (end of time constants)
 
 # Constants of the files commands.
@@ -89,6 +103,25 @@ FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never
 # (end of exec constants)
 
 # Constants of the power commands.
+SHUTDOWN_MESSAGE = "hypervisor initiated shutdown"
+# mode -> (its own program, shutdown(8) flag, reboot(2) command, /proc/sysrq-trigger key)
+SHUTDOWN_MODES = {
+    "powerdown": ("poweroff", "-P", 0x4321FEDC, "o"),   # LINUX_REBOOT_CMD_POWER_OFF
+    "halt": ("halt", "-H", 0xCDEF0123, None),            # LINUX_REBOOT_CMD_HALT; no sysrq key
+    "reboot": ("reboot", "-r", 0x01234567, "b"),         # LINUX_REBOOT_CMD_RESTART
+}
+SYSRQ_TRIGGER = "/proc/sysrq-trigger"
+SYSTEMD_RUNNING = "/run/systemd/system"   # exists when systemd is PID 1 (sd_booted())
+POWER_STATE = "/sys/power/state"          # the sleep states the kernel offers; written to sleep
+POWER_DISK = "/sys/power/disk"            # hibernation modes, "[disabled]" when locked down
+POWER_MEM_SLEEP = "/sys/power/mem_sleep"  # what "mem" means (s2idle, shallow, deep)
+# suspend mode -> (systemd unit, systemctl verb, pm-is-supported flag, pm-utils program)
+SUSPEND_MODES = {
+    "disk": ("systemd-hibernate", "hibernate", "--hibernate", "pm-hibernate"),
+    "ram": ("systemd-suspend", "suspend", "--suspend", "pm-suspend"),
+    "hybrid": ("systemd-hybrid-sleep", "hybrid-sleep", "--suspend-hybrid", "pm-suspend-hybrid"),
+}
+SUSPEND_UNSUPPORTED = "the requested suspend mode is not supported by the guest"
 # (end of power constants)
 
 # Constants of the freeze commands.
@@ -118,9 +151,33 @@ PCI_SYSFS_DIR = "/sys/bus/pci/devices"
 # (end of devices constants)
 
 # Constants of the identity commands.
+OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")   # unless $QGA_OS_RELEASE is set
+OS_RELEASE_MAX_BYTES = 1 << 20     # an os-release file is a few hundred bytes
+# GuestOSInfo member <- os-release key
+OS_RELEASE_FIELDS = (("id", "ID"), ("name", "NAME"), ("pretty-name", "PRETTY_NAME"),
+                     ("version", "VERSION"), ("version-id", "VERSION_ID"),
+                     ("variant", "VARIANT"), ("variant-id", "VARIANT_ID"))
+OSINFO_MEMBER_ORDER = ("name", "kernel-release", "version", "variant", "pretty-name",
+                       "version-id", "variant-id", "kernel-version", "machine", "id")  # qemu-ga's
+UTMP_PATHS = ("/var/run/utmp", "/run/utmp")   # glibc's _PATH_UTMP, and where it points
+USER_PROCESS = 7                   # ut_type of a logged-in user's record
+# struct utmp, the fields read: ut_type @0, ut_user char[32] @44, ut_tv @340.  x86-64 and the
+# 32-bit ABIs keep a 32-bit ut_tv (384 bytes); glibc's newer 64-bit ABIs use a long ut_session
+# and a 64-bit timeval (400 bytes).
+if struct.calcsize("l") == 8 and os.uname()[4] in ("aarch64", "riscv64", "loongarch64"):
+    UTMP_RECORD = struct.Struct("=h42x32s268xqq40x")
+else:
+    UTMP_RECORD = struct.Struct("=h42x32s264xii36x")
+LOGIND_SESSIONS = "/run/systemd/sessions"     # systemd-logind's session files, for no utmp
+PASSWD_PATH = "/etc/passwd"
+SHADOW_PATH = "/etc/shadow"
+PASSWD_LOCK = "/etc/.pwd.lock"     # lckpwdf()'s lock file: every account tool takes it
+PASSWD_LOCK_TIMEOUT = 15.0         # seconds, as lckpwdf() waits
 # (end of identity constants)
 
 # Constants of the ssh commands.
+SSH_DIR_MODE = 0o700
+AUTHORIZED_KEYS_MODE = 0o600
 # (end of ssh constants)
 
 # Constants of the stats commands.
@@ -152,6 +209,36 @@ class QgaError(Exception):
 def os_error_text(exc):
     """strerror of an OSError, as C's strerror() words it."""
     return exc.strerror or os.strerror(exc.errno or 0)
+
+
+_BASE64_INVALID = re.compile(r"[^A-Za-z0-9+/=\n]")
+
+
+def decode_base64(text):
+    """The bytes of a base64 argument, decoded exactly as qemu-ga decodes them.
+
+    Only the alphabet, '=' and newlines are accepted.  Then GLib's lenient decoder runs:
+    newlines are skipped, '=' counts as a zero digit wherever it stands, a group whose third
+    or fourth character is '=' yields one byte less each, and an incomplete last group is
+    dropped ("YQ==YWJj" is b"aabc", "====" is b"\\0", "YWJ" is b"").
+    """
+    if _BASE64_INVALID.search(text):
+        raise QgaError("Base64 data contains invalid characters")
+    if "\n" in text:
+        text = text.replace("\n", "")
+    body = text[:len(text) - len(text) % 4].encode("ascii")
+    first_pad = body.find(b"=")
+    if first_pad < 0 or (first_pad >= len(body) - 2 and body.count(b"=") == len(body) - first_pad):
+        return base64.b64decode(body)               # ordinary padding: the C decoder agrees
+    raw = base64.b64decode(body.replace(b"=", b"A"))
+    dropped = [i // 4 * 3 + i % 4 - 1 for i in range(first_pad, len(body))
+               if body[i] == 0x3D and i % 4 >= 2]
+    pieces, start = [], 0
+    for index in dropped:
+        pieces.append(raw[start:index])
+        start = index + 1
+    pieces.append(raw[start:])
+    return b"".join(pieces)
 
 
 # ==============================================================================================
@@ -1150,6 +1237,178 @@ def guest_info(agent):
 
 
 # -- Time: guest-get-time, guest-set-time --------------------------------------------------
+#
+# Helper programs (hwclock here; shutdown, systemctl, chpasswd, pm-* further on) are found by
+# find_helper() and run by run_helper(), the one place that starts such a child and waits for
+# it.  Both go through agent.host, so a test whose host root is a fixture tree runs the
+# recording stand-ins inside it and can never reach the machine's real programs.  The kernel
+# interfaces that change the machine (the clock, the RTC, reboot(2)) are module functions the
+# tests replace.
+
+def find_helper(host, name):
+    """The real path of helper program ``name`` in the guest, or None if it is not there.
+
+    A name with a slash is taken as it is; otherwise the agent's PATH is searched (absolute
+    entries only), then HELPER_SEARCH_PATH.
+    """
+    if "/" in name:
+        candidates = [name]
+    else:
+        dirs = [d for d in host.environ.get("PATH", "").split(":") if d.startswith("/")]
+        dirs += [d for d in HELPER_SEARCH_PATH if d not in dirs]
+        candidates = [d.rstrip("/") + "/" + name for d in dirs]
+    for candidate in candidates:
+        real = host.path(candidate)
+        if os.path.isfile(real) and os.access(real, os.X_OK):
+            return real
+    return None
+
+
+def run_helper(host, argv, stdin_data=None):
+    """Run helper program ``argv[0]`` to its end: (status, output), or None if it is missing.
+
+    ``status`` is the exit status, -N when signal N ended it, 127 when it could not be
+    started.  The child runs in its own session with default signal dispositions, no agent
+    fds and stdin on /dev/null or ``stdin_data``.  Its output goes to a temporary file,
+    not a pipe, so a daemon it leaves behind cannot hold the agent up; a helper still running
+    after HELPER_TIMEOUT is killed with its process group.
+    """
+    import subprocess
+    import tempfile
+    path = find_helper(host, argv[0])
+    if path is None:
+        return None
+    argv = [os.path.basename(argv[0])] + list(argv[1:])
+    try:
+        output = tempfile.TemporaryFile()
+    except OSError:                     # no writable temporary directory: output is only logged
+        output = open(os.devnull, "w+b")
+    with output:
+        try:
+            child = subprocess.Popen(
+                argv, executable=path, env=dict(host.environ), close_fds=True,
+                start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
+        except OSError as exc:
+            return 127, "failed to execute '%s': %s" % (path, os_error_text(exc))
+        try:
+            child.communicate(stdin_data, timeout=HELPER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        output.seek(0)
+        return child.returncode, output.read(HELPER_OUTPUT_KEPT).decode("utf-8", "replace")
+
+
+def set_system_clock(seconds):
+    """Set the system clock (CLOCK_REALTIME).  Tests replace this function."""
+    time.clock_settime(time.CLOCK_REALTIME, seconds)
+
+
+def rtc_ioctl(fd, request, buf):
+    """An ioctl on the RTC device.  Tests replace this function."""
+    return fcntl.ioctl(fd, request, buf)
+
+
+def parse_adjtime_local(text):
+    """True if /etc/adjtime's third line says the RTC keeps local time (else it keeps UTC)."""
+    lines = (text or "").splitlines()
+    return len(lines) > 2 and lines[2].strip() == "LOCAL"
+
+
+def _open_rtc(host):
+    for device in RTC_DEVICES:
+        try:
+            return os.open(host.path(device), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+    raise OSError(errno.ENOENT, "no RTC device")
+
+
+def rtc_from_system_clock(host):
+    """What ``hwclock -w`` does: write the system time into the RTC, at a second's start."""
+    local = parse_adjtime_local(host.read_text(ADJTIME_PATH))
+    fd = _open_rtc(host)
+    try:
+        time.sleep(1.0 - time.time() % 1.0)      # the RTC counts whole seconds
+        tm = (time.localtime if local else time.gmtime)(int(time.time() + 0.5))
+        rtc_ioctl(fd, RTC_SET_TIME, struct.pack(
+            RTC_TIME_FORMAT, tm.tm_sec, tm.tm_min, tm.tm_hour, tm.tm_mday, tm.tm_mon - 1,
+            tm.tm_year - 1900, (tm.tm_wday + 1) % 7, tm.tm_yday - 1, 0))
+    finally:
+        os.close(fd)
+
+
+def system_clock_from_rtc(host):
+    """What ``hwclock -s`` does: set the system time from the RTC."""
+    import calendar
+    local = parse_adjtime_local(host.read_text(ADJTIME_PATH))
+    fd = _open_rtc(host)
+    try:
+        raw = rtc_ioctl(fd, RTC_RD_TIME, bytes(struct.calcsize(RTC_TIME_FORMAT)))
+    finally:
+        os.close(fd)
+    sec, minute, hour, mday, mon, year = struct.unpack(RTC_TIME_FORMAT, raw)[:6]
+    fields = (year + 1900, mon + 1, mday, hour, minute, sec)
+    try:
+        seconds = time.mktime(fields + (0, 0, -1)) if local else calendar.timegm(fields)
+    except (ValueError, OverflowError):
+        raise OSError(errno.EINVAL, "the RTC holds an invalid time %r" % (fields,))
+    set_system_clock(seconds)
+
+
+def split_time_ns(ns):
+    """(seconds, microseconds) of a nanosecond count, truncated toward zero as C does."""
+    sign = -1 if ns < 0 else 1
+    seconds, rest = divmod(abs(ns), 1000000000)
+    return sign * seconds, sign * (rest // 1000)
+
+
+def _year_in_range(seconds):
+    try:
+        return MIN_SET_YEAR <= time.localtime(seconds).tm_year <= MAX_SET_YEAR
+    except (ValueError, OverflowError, OSError):
+        return False
+
+
+@command("guest-get-time", returns="int")
+def guest_get_time(agent):
+    """guest-get-time: nanoseconds since the epoch, at microsecond precision as qemu-ga."""
+    return int(time.time() * 1000000) * 1000
+
+
+@command("guest-set-time", data={"*time": "int"})
+def guest_set_time(agent, time=None):
+    """guest-set-time: set the clock to ``time`` (ns) and the RTC from it; without ``time``,
+    set the clock from the RTC.
+
+    The RTC is reached with ioctls on /dev/rtc0; hwclock is only the fallback, so a guest
+    without it works.  Nothing changes unless one of the two is there.
+    """
+    host = agent.host
+    has_rtc = any(host.exists(device) for device in RTC_DEVICES)
+    if not has_rtc and not find_helper(host, "hwclock"):
+        raise QgaError(UNSUPPORTED_TEXT)
+    if time is not None:
+        seconds, micros = split_time_ns(time)
+        if not _year_in_range(seconds):
+            raise QgaError("Invalid time")
+        try:
+            set_system_clock(seconds + micros / 1e6)
+        except OSError as exc:
+            raise QgaError("Failed to set time to guest: " + os_error_text(exc))
+    if has_rtc:
+        try:
+            (rtc_from_system_clock if time is not None else system_clock_from_rtc)(host)
+            return
+        except OSError as exc:
+            agent.log.warning("RTC: %s; trying hwclock" % os_error_text(exc))
+    result = run_helper(host, ["hwclock", "-w" if time is not None else "-s"])
+    if result is None or result[0] != 0:
+        if result:
+            agent.log.warning("hwclock: status %d: %s" % result)
+        raise QgaError("hwclock failed to set hardware clock to system time")
 
 # (end of time commands)
 
@@ -1165,6 +1424,181 @@ def guest_info(agent):
 
 
 # -- Power: guest-shutdown, guest-suspend-disk, -ram, -hybrid ------------------------------
+
+def kernel_reboot(command):
+    """reboot(2) with a LINUX_REBOOT_CMD_* value.  Tests replace this function."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.reboot(ctypes.c_int(command)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def write_kernel_file(host, path, value):
+    """Write a /sys or /proc control file, as ``echo value > path`` does."""
+    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def shutdown_by_kernel(host, mode):
+    """Power down, halt or reboot with no program at all: sync, then reboot(2), then sysrq.
+
+    QgaError, naming the reboot(2) failure, when neither worked.
+    """
+    program, flag, command, sysrq_key = SHUTDOWN_MODES[mode]
+    os.sync()
+    try:
+        kernel_reboot(command)
+        return
+    except OSError as exc:
+        failure = exc
+    if sysrq_key:
+        try:
+            write_kernel_file(host, SYSRQ_TRIGGER, sysrq_key)
+            return
+        except OSError:
+            pass
+    raise QgaError("no shutdown program found and the kernel refused to %s: %s"
+                   % (program, os_error_text(failure)))
+
+
+@command("guest-shutdown", data={"*mode": "str"}, success_response=False)
+def guest_shutdown(agent, mode="powerdown"):
+    """guest-shutdown: power down, halt or reboot the guest; no reply when that worked.
+
+    The first program present does it: /sbin/poweroff|halt|reboot (as qemu-ga 10.2), else
+    ``shutdown -h -P|-H|-r +0`` (as 7.2), systemctl, busybox.  With none (an initramfs), the
+    kernel is asked directly.
+    """
+    if mode not in SHUTDOWN_MODES:
+        raise QgaError("mode is invalid (valid values are: halt|powerdown|reboot")
+    agent.log.audit("guest-shutdown called, mode: %s" % mode)
+    program, flag = SHUTDOWN_MODES[mode][:2]
+    for argv in (["/sbin/" + program],
+                 ["/sbin/shutdown", "-h", flag, "+0", SHUTDOWN_MESSAGE],
+                 ["systemctl", program],
+                 ["busybox", program]):
+        result = run_helper(agent.host, argv)
+        if result is None:
+            continue
+        status, output = result
+        if status == 0:
+            return
+        agent.log.warning("%s: status %d: %s" % (" ".join(argv), status, output))
+        if status < 0:
+            raise QgaError("child process has terminated abnormally")
+        raise QgaError("child process has failed to shutdown")
+    shutdown_by_kernel(agent.host, mode)
+
+
+def parse_sleep_modes(state, disk, mem_sleep):
+    """The suspend modes ("disk", "ram", "hybrid") the kernel offers, from the texts of
+    /sys/power/state, /sys/power/disk and /sys/power/mem_sleep (None when unreadable)."""
+    states = (state or "").split()
+    hibernation = [choice.strip("[]") for choice in (disk or "").split()]
+    modes = set()
+    if ("mem" in states and (mem_sleep is None or mem_sleep.split())) or "freeze" in states:
+        modes.add("ram")
+    if "disk" in states and "disabled" not in hibernation:
+        modes.add("disk")
+        if "ram" in modes and "suspend" in hibernation:
+            modes.add("hybrid")
+    return modes
+
+
+def _helper_outcome(host, argv):
+    """'' when the helper program succeeded, else qemu-ga's text for how it failed."""
+    result = run_helper(host, argv)
+    if result is None:
+        return "the helper program '%s' was not found" % " ".join(argv)
+    if result[0] == 0:
+        return ""
+    return ("the helper program '%s' returned an unexpected exit status code (%d)"
+            % (" ".join(argv), result[0]))
+
+
+def _suspend_with_systemd(host, mode):
+    """'' when systemd put the guest to sleep, an error text when it failed, None if absent."""
+    unit, verb = SUSPEND_MODES[mode][:2]
+    if not host.exists(SYSTEMD_RUNNING):
+        return None
+    probe = run_helper(host, ["systemctl", "status", unit])
+    if probe is None or not 0 < probe[0] < 4:     # LSB codes; 4 means no such unit
+        return None
+    return _helper_outcome(host, ["systemctl", verb])
+
+
+def _suspend_with_pm_utils(host, mode):
+    """As _suspend_with_systemd, with pm-is-supported and pm-hibernate|suspend|suspend-hybrid."""
+    flag, program = SUSPEND_MODES[mode][2:]
+    probe = run_helper(host, ["pm-is-supported", flag])
+    if probe is None or probe[0] != 0:
+        return None
+    return _helper_outcome(host, [program])
+
+
+def _suspend_with_sysfs(host, mode):
+    """Write /sys/power/state ourselves; hybrid sets /sys/power/disk to "suspend" first and
+    restores it on resume (the write returns when the guest wakes up)."""
+    states = host.read_attr(POWER_STATE, "").split()
+    target = "disk" if mode != "ram" else ("mem" if "mem" in states else "freeze")
+    previous = None
+    try:
+        if mode == "hybrid":
+            previous = next((c.strip("[]") for c in host.read_attr(POWER_DISK, "").split()
+                             if c.startswith("[")), None)
+            write_kernel_file(host, POWER_DISK, "suspend")
+        write_kernel_file(host, POWER_STATE, target)
+        return ""
+    except OSError as exc:
+        return "suspend: cannot write to '%s': %s" % (POWER_STATE, os_error_text(exc))
+    finally:
+        if previous and previous != "suspend":
+            try:
+                write_kernel_file(host, POWER_DISK, previous)
+            except OSError:
+                pass
+
+
+def guest_suspend(agent, mode):
+    """Put the guest to sleep: systemd, then pm-utils, then sysfs, as qemu-ga.
+
+    The kernel's support is checked first.  Unlike qemu-ga, an error of an earlier way is
+    reported when no later way worked, instead of being dropped (qemu-ga then sends nothing).
+    """
+    host = agent.host
+    supported = parse_sleep_modes(host.read_attr(POWER_STATE), host.read_attr(POWER_DISK),
+                                  host.read_attr(POWER_MEM_SLEEP))
+    if mode not in supported:
+        raise QgaError(SUSPEND_UNSUPPORTED)
+    first_error = None
+    for attempt in (_suspend_with_systemd, _suspend_with_pm_utils, _suspend_with_sysfs):
+        error = attempt(host, mode)
+        if error == "":
+            return
+        first_error = first_error or error
+    raise QgaError(first_error)
+
+
+@command("guest-suspend-disk", success_response=False)
+def guest_suspend_disk(agent):
+    """guest-suspend-disk: hibernate; no reply when that worked."""
+    guest_suspend(agent, "disk")
+
+
+@command("guest-suspend-ram", success_response=False)
+def guest_suspend_ram(agent):
+    """guest-suspend-ram: suspend to RAM; no reply when that worked."""
+    guest_suspend(agent, "ram")
+
+
+@command("guest-suspend-hybrid", success_response=False)
+def guest_suspend_hybrid(agent):
+    """guest-suspend-hybrid: save to disk and suspend to RAM; no reply when that worked."""
+    guest_suspend(agent, "hybrid")
 
 # (end of power commands)
 
@@ -1707,10 +2141,543 @@ def guest_get_devices(agent):
 
 # -- Users and identity: host name, timezone, OS info, users, passwords --------------------
 
+@command("guest-get-host-name", returns="GuestHostName")
+def guest_get_host_name(agent):
+    """guest-get-host-name: the kernel's host name, read anew each time."""
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = ""
+    return {"host-name": name or "localhost"}
+
+
+@command("guest-get-timezone", returns="GuestTimezone")
+def guest_get_timezone(agent):
+    """guest-get-timezone: the local zone's abbreviation now and its offset east of UTC."""
+    time.tzset()                        # follow a changed /etc/localtime, as GLib does
+    now = time.localtime()
+    result = {}
+    if now.tm_zone:
+        result["zone"] = now.tm_zone
+    result["offset"] = now.tm_gmtoff
+    return result
+
+
+_ASCII_SPACE = " \t\n\v\f\r"            # GLib's g_ascii_isspace()
+_KEYFILE_GROUP_LINE = re.compile(r"\[([^\]]*)\][ \t]*\Z")
+_KEYFILE_GROUP_NAME = re.compile(r"[^\[\]\x00-\x1f\x7f]+\Z")
+_KEYFILE_KEY = re.compile(r"[^\[\]]*[^\[\] ](?:\[[\w.@-]*\])?\Z")
+
+
+def parse_os_release(data):
+    """The KEY -> raw value pairs of an os-release file, read as qemu-ga reads it.
+
+    qemu-ga loads the file as a GLib key file under an added ``[os-release]`` group line, so
+    GLib's rules apply: the text ends at a NUL, a later duplicate key wins, keys after another
+    ``[group]`` line do not count, and one line GLib refuses (not UTF-8, no '=', a bad key
+    or group name) makes the whole file count as absent: then None is returned.
+    """
+    try:
+        text = data.split(b"\0", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    values, group = {}, "os-release"
+    for line in text.split("\n"):
+        if line.endswith("\r"):
+            line = line[:-1]
+        line = line.lstrip(_ASCII_SPACE)
+        if not line or line.startswith("#"):
+            continue
+        header = _KEYFILE_GROUP_LINE.match(line) if line.startswith("[") else None
+        if header:
+            group = header.group(1)
+            if not _KEYFILE_GROUP_NAME.match(group):
+                return None
+            continue
+        key, equals, value = line.partition("=")
+        key = key.rstrip(_ASCII_SPACE)
+        if not equals or not _KEYFILE_KEY.match(key):
+            return None
+        value = value.lstrip(_ASCII_SPACE)
+        if group == "os-release":
+            if key == "Encoding" and value.upper() != "UTF-8":
+                return None
+            values[key] = value
+    return values
+
+
+_OS_RELEASE_QUOTED = re.compile(r'"((?:\\[$\'"\\`]|[^"\\]|\\)*)')
+_OS_RELEASE_ESCAPE = re.compile(r'\\([$\'"\\`])')
+
+
+def os_release_value(raw):
+    """An os-release value with its shell quoting removed, as qemu-ga does it.
+
+    In double quotes, \\$ \\' \\" \\\\ and \\` stand for the character and any other
+    backslash stays.  Unquoted, the value ends at the first space or ';'.  Unlike qemu-ga,
+    single quotes are honoured ('a b' is "a b", not "'a") and an unclosed quote runs to
+    the end of the line (qemu-ga repeats leftover characters of its buffer).
+    """
+    if raw.startswith('"'):
+        return _OS_RELEASE_ESCAPE.sub(r"\1", _OS_RELEASE_QUOTED.match(raw).group(1))
+    if raw.startswith("'"):
+        end = raw.find("'", 1)
+        return raw[1:] if end < 0 else raw[1:end]
+    return re.split("[ ;]", raw, 1)[0]
+
+
+def read_os_release(host):
+    """The first os-release file qemu-ga would accept ($QGA_OS_RELEASE alone when set)."""
+    override = host.environ.get("QGA_OS_RELEASE")
+    for path in OS_RELEASE_PATHS if override is None else (override,):
+        try:
+            values = parse_os_release(host.read_bytes(path, OS_RELEASE_MAX_BYTES))
+        except (OSError, IOError):
+            continue
+        if values is not None:
+            return values
+    return {}
+
+
+@command("guest-get-osinfo", returns="GuestOSInfo")
+def guest_get_osinfo(agent):
+    """guest-get-osinfo: uname's kernel fields and the os-release fields that are present.
+
+    Members are inserted in the order qemu-ga prints them.
+    """
+    uname = os.uname()
+    values = read_os_release(agent.host)
+    info = {"kernel-release": uname[2], "kernel-version": uname[3], "machine": uname[4]}
+    info.update((member, os_release_value(values[key]))
+                for member, key in OS_RELEASE_FIELDS if key in values)
+    return OrderedDict((member, info[member]) for member in OSINFO_MEMBER_ORDER
+                       if member in info)
+
+
+def parse_utmp(data):
+    """(user, login time) of each logged-in user's record (USER_PROCESS) of a utmp file."""
+    logins = []
+    for offset in range(0, len(data) - UTMP_RECORD.size + 1, UTMP_RECORD.size):
+        ut_type, user, seconds, micros = UTMP_RECORD.unpack_from(data, offset)
+        if ut_type == USER_PROCESS:
+            logins.append((user.split(b"\0", 1)[0].decode("utf-8", "replace"),
+                           seconds + micros / 1e6))
+    return logins
+
+
+def parse_logind_session(text):
+    """(user, login time) of a systemd-logind session file, or None when it is not a user's
+    login (a greeter, a background or manager session, one being closed)."""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if (not fields.get("CLASS", "user").startswith("user")
+            or fields.get("STATE") == "closing"
+            or not fields.get("USER") or not fields.get("REALTIME", "").isdigit()):
+        return None
+    micros = int(fields["REALTIME"])
+    return fields["USER"], micros // 1000000 + micros % 1000000 / 1e6
+
+
+def read_logins(host):
+    """Logins from utmp, or, on a guest without utmp, from systemd-logind's session files."""
+    for path in UTMP_PATHS:
+        try:
+            return parse_utmp(host.read_bytes(path))
+        except (OSError, IOError):
+            continue
+    logins = []
+    for name in host.listdir(LOGIND_SESSIONS):
+        path = host.path(LOGIND_SESSIONS + "/" + name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):      # skip the sessions' FIFOs
+                continue
+        except OSError:
+            continue
+        login = parse_logind_session(host.read_text(LOGIND_SESSIONS + "/" + name, ""))
+        if login:
+            logins.append((login[1], name, login[0]))
+    return [(user, when) for when, name, user in sorted(logins)]
+
+
+@command("guest-get-users", returns=["GuestUser"])
+def guest_get_users(agent):
+    """guest-get-users: each logged-in user once, with the earliest login time, in order of
+    first appearance (qemu-ga's utmp walk)."""
+    earliest = OrderedDict()
+    for user, when in read_logins(agent.host):
+        if user not in earliest or when < earliest[user]:
+            earliest[user] = when
+    return [OrderedDict((("login-time", when), ("user", user)))   # qemu-ga's member order
+            for user, when in earliest.items()]
+
+
+PasswdEntry = namedtuple("PasswdEntry", "name uid gid home")
+
+
+def parse_passwd(text, name):
+    """The /etc/passwd entry of user ``name``, or None."""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and name and fields[0] == name:
+            try:
+                return PasswdEntry(name, int(fields[2]), int(fields[3]), fields[5])
+            except ValueError:
+                return None
+    return None
+
+
+def lookup_user(host, name):
+    """The passwd entry of user ``name``, or None.
+
+    The name service (getpwnam) answers for the running system; a host rooted in a fixture
+    tree has no name service of its own, so its /etc/passwd answers.
+    """
+    if host.root != "/":
+        return parse_passwd(host.read_text(PASSWD_PATH, ""), name)
+    import pwd
+    try:
+        entry = pwd.getpwnam(name)
+    except (KeyError, ValueError):      # ValueError: a NUL in the name
+        return None
+    return PasswdEntry(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def replace_password_field(data, username, crypted, last_change=None):
+    """The bytes of a passwd or shadow file with ``username``'s password field replaced, and
+    for shadow (``last_change`` days) the date of the last change; None without that user."""
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        fields = line.split(b":")
+        if len(fields) > 1 and fields[0] == username:
+            fields[1] = crypted
+            if last_change is not None and len(fields) > 2:
+                fields[2] = str(last_change).encode()
+            lines[i] = b":".join(fields)
+            return b"\n".join(lines)
+    return None
+
+
+def lock_password_files(host):
+    """lckpwdf(): a write lock on /etc/.pwd.lock, waited for up to 15 s; returns its fd."""
+    fd = os.open(host.path(PASSWD_LOCK), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + PASSWD_LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
+                os.close(fd)
+                raise
+            time.sleep(0.05)
+
+
+def replace_file_atomically(real_path, data):
+    """Replace a file by a new one with the same owner and mode, renamed over it."""
+    st = os.lstat(real_path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    temp = real_path + "+"              # the name shadow-utils uses, under the same lock
+    try:
+        os.unlink(temp)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        os.fsync(fd)
+        os.rename(temp, real_path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def set_password_in_file(host, username, crypted):
+    """Without chpasswd: write a crypted password into /etc/shadow (or /etc/passwd on a guest
+    without shadow passwords) under the account tools' lock."""
+    path = SHADOW_PATH if os.path.lexists(host.path(SHADOW_PATH)) else PASSWD_PATH
+    try:
+        lock = lock_password_files(host)
+        try:
+            with open(host.path(path), "rb") as f:
+                data = f.read()
+            today = int(time.time() // 86400) if path == SHADOW_PATH else None
+            data = replace_password_field(data, username.encode(), crypted, today)
+            if data is None:
+                raise QgaError("failed to set user password: no user '%s' in %s"
+                               % (username, path))
+            replace_file_atomically(host.path(path), data)
+        finally:
+            os.close(lock)
+    except OSError as exc:
+        raise QgaError("failed to set user password in %s: %s" % (path, os_error_text(exc)))
+
+
+@command("guest-set-user-password", data={"username": "str", "password": "str",
+                                          "crypted": "bool"})
+def guest_set_user_password(agent, username, password, crypted):
+    """guest-set-user-password: set ``username``'s password (base64; already hashed when
+    ``crypted``) with chpasswd, fed on its stdin.
+
+    Without chpasswd a crypted password is written into /etc/shadow directly.  Newlines and
+    ':' are refused where they would let one call change other accounts or fields.
+    """
+    secret = decode_base64(password).split(b"\0", 1)[0]   # qemu-ga uses it as a C string
+    if b"\n" in secret:
+        raise QgaError("forbidden characters in raw password")
+    if "\n" in username or ":" in username or "\0" in username:
+        raise QgaError("forbidden characters in username")
+    if crypted and b":" in secret:
+        raise QgaError("forbidden characters in crypted password")
+    line = username.encode("utf-8") + b":" + secret + b"\n"
+    result = run_helper(agent.host, ["chpasswd", "-e"] if crypted else ["chpasswd"], line)
+    if result is None:
+        if not crypted:
+            raise QgaError("cannot find 'chpasswd' program in PATH: only a crypted password "
+                           "can be set without it")
+        set_password_in_file(agent.host, username, secret)
+        return
+    status, output = result
+    if status != 0:
+        agent.log.warning("chpasswd: status %d: %s" % (status, output))
+        if status < 0:
+            raise QgaError("child process has terminated abnormally")
+        raise QgaError("child process has failed to set user password")
+
 # (end of identity commands)
 
 
 # -- SSH keys: guest-ssh-get/add/remove-authorized-keys ------------------------------------
+#
+# The agent runs as root inside a directory the user controls, so nothing there is trusted:
+# ~/.ssh and authorized_keys are opened relative to directory fds with O_NOFOLLOW, must be
+# the user's (or root's), and the file must be a plain file with one link.  Otherwise a user
+# could plant a link to /etc/shadow and have the agent read it into a file the user owns.
+# New contents go to a temporary file in ~/.ssh, renamed over the old one.
+
+_SSH_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def check_ssh_key(key):
+    """qemu-ga's key check (not a comment, one line), plus no NUL (it would cut the line)."""
+    if key.startswith("#") or "\n" in key or "\0" in key:
+        raise QgaError("invalid OpenSSH public key: '%s'" % key)
+
+
+def _ssh_user(host, username):
+    user = lookup_user(host, username)
+    if user is None:
+        raise QgaError("failed to lookup user '%s': No such user" % username)
+    return user
+
+
+def _refused(path, why):
+    return QgaError("refusing to use '%s': %s" % (path, why))
+
+
+def _check_owner(st, user, path):
+    if st.st_uid not in (user.uid, 0):
+        raise _refused(path, "it belongs to uid %d, not to %s" % (st.st_uid, user.name))
+
+
+def _make_ssh_dir(home_fd, user, ssh_dir):
+    """Create ~/.ssh 0700 for the user, with qemu-ga's errors; its fd."""
+    try:
+        os.mkdir(".ssh", SSH_DIR_MODE, dir_fd=home_fd)
+    except OSError as exc:
+        raise QgaError("failed to create directory '%s': %s" % (ssh_dir, os_error_text(exc)))
+    fd = os.open(".ssh", _SSH_DIR_FLAGS | os.O_NOFOLLOW, dir_fd=home_fd)
+    for change, text in ((lambda: os.fchown(fd, user.uid, user.gid), "ownership"),
+                         (lambda: os.fchmod(fd, SSH_DIR_MODE), "permissions")):
+        try:
+            change()
+        except OSError as exc:
+            os.close(fd)
+            raise QgaError("failed to set %s of directory '%s': %s"
+                           % (text, ssh_dir, os_error_text(exc)))
+    return fd
+
+
+def open_ssh_dir(host, user, create=False):
+    """An fd of ``~user/.ssh``, never reached through a symbolic link.
+
+    OSError when it cannot be opened (ENOENT when it is missing); with ``create`` a missing
+    one is made as qemu-ga makes it.
+    """
+    ssh_dir = user.home.rstrip("/") + "/.ssh"
+    home_fd = os.open(host.path(user.home), _SSH_DIR_FLAGS)
+    try:
+        try:
+            fd = os.open(".ssh", _SSH_DIR_FLAGS | os.O_NOFOLLOW, dir_fd=home_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                    os.stat(".ssh", dir_fd=home_fd, follow_symlinks=False).st_mode):
+                raise _refused(ssh_dir, "it is a symbolic link")
+            if not create or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            fd = _make_ssh_dir(home_fd, user, ssh_dir)
+    finally:
+        os.close(home_fd)
+    try:
+        _check_owner(os.fstat(fd), user, ssh_dir)
+    except QgaError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_authorized_keys(dir_fd, user, path):
+    """The bytes of authorized_keys in the .ssh directory ``dir_fd``: a plain file of the
+    user's or root's with one link.  OSError when it cannot be opened or read."""
+    try:
+        fd = os.open("authorized_keys", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "it is a symbolic link")
+        raise
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refused(path, "it is not a regular file")
+        _check_owner(st, user, path)
+        if st.st_nlink != 1:
+            raise _refused(path, "it has %d hard links" % st.st_nlink)
+        return f.read()
+
+
+def write_authorized_keys(dir_fd, user, path, lines):
+    """Replace authorized_keys with ``lines`` joined by newlines (no newline at the end, as
+    qemu-ga): a new file of the user's, mode 0600, renamed over the old one."""
+    temp = "authorized_keys.%s" % os.urandom(6).hex()
+    data = "\n".join(lines).encode("utf-8", "surrogateescape")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     AUTHORIZED_KEYS_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        raise QgaError("failed to write to '%s': %s" % (path, os_error_text(exc)))
+    steps = ((lambda: _write_and_sync(fd, data), "failed to write to '%s'"),
+             (lambda: os.fchown(fd, user.uid, user.gid),
+              "failed to set ownership of directory '%s'"),            # (sic) qemu-ga's text
+             (lambda: os.fchmod(fd, AUTHORIZED_KEYS_MODE), "failed to set permissions of '%s'"),
+             (lambda: os.rename(temp, "authorized_keys", src_dir_fd=dir_fd, dst_dir_fd=dir_fd),
+              "failed to write to '%s'"))
+    try:
+        for step, text in steps:
+            try:
+                step()
+            except OSError as exc:
+                try:
+                    os.unlink(temp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+                raise QgaError((text % path) + ": " + os_error_text(exc))
+    finally:
+        os.close(fd)
+
+
+def _write_and_sync(fd, data):
+    with open(fd, "wb", closefd=False) as f:
+        f.write(data)
+    os.fsync(fd)
+
+
+def split_authorized_keys(data, errors="surrogateescape"):
+    """The lines of authorized_keys as qemu-ga splits them (g_strsplit: "" has no lines).
+
+    Undecodable bytes survive a rewrite; ``errors="replace"`` shows them as U+FFFD instead.
+    """
+    return data.decode("utf-8", errors).split("\n") if data else []
+
+
+def _read_failure(path, exc):
+    return QgaError("failed to read '%s': Failed to open file \u201c%s\u201d: %s"
+                    % (path, path, os_error_text(exc)))
+
+
+@command("guest-ssh-get-authorized-keys", data={"username": "str"},
+         returns="GuestAuthorizedKeys")
+def guest_ssh_get_authorized_keys(agent, username):
+    """guest-ssh-get-authorized-keys: the keys in ~/.ssh/authorized_keys, last line first
+    (qemu-ga's order), without comments and blank lines."""
+    user = _ssh_user(agent.host, username)
+    path = user.home.rstrip("/") + "/.ssh/authorized_keys"
+    try:
+        dir_fd = open_ssh_dir(agent.host, user)
+        try:
+            data = read_authorized_keys(dir_fd, user, path)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise _read_failure(path, exc)
+    keys = [line.strip(_ASCII_SPACE) for line in split_authorized_keys(data, "replace")]
+    return {"keys": [key for key in reversed(keys) if key and not key.startswith("#")]}
+
+
+@command("guest-ssh-add-authorized-keys", data={"username": "str", "keys": ["str"],
+                                                "*reset": "bool"})
+def guest_ssh_add_authorized_keys(agent, username, keys, reset=False):
+    """guest-ssh-add-authorized-keys: append the keys not yet in the file (all of them into
+    an empty file with ``reset``); ~/.ssh is created 0700 when needed."""
+    for key in keys:
+        check_ssh_key(key)
+    user = _ssh_user(agent.host, username)
+    ssh_dir = user.home.rstrip("/") + "/.ssh"
+    path = ssh_dir + "/authorized_keys"
+    lines, dir_fd = [], None
+    try:
+        if not reset:
+            try:
+                dir_fd = open_ssh_dir(agent.host, user)
+                lines = split_authorized_keys(read_authorized_keys(dir_fd, user, path))
+            except OSError:
+                pass                    # a file that cannot be read starts empty (qemu-ga)
+        if dir_fd is None:
+            try:
+                dir_fd = open_ssh_dir(agent.host, user, create=True)
+            except OSError as exc:
+                raise QgaError("failed to create directory '%s': %s"
+                               % (ssh_dir, os_error_text(exc)))
+        present = set(lines)
+        for key in keys:
+            if key not in present:
+                lines.append(key)
+                present.add(key)
+        write_authorized_keys(dir_fd, user, path, lines)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+@command("guest-ssh-remove-authorized-keys", data={"username": "str", "keys": ["str"]})
+def guest_ssh_remove_authorized_keys(agent, username, keys):
+    """guest-ssh-remove-authorized-keys: drop every line equal to one of the keys; comments,
+    blank lines and the rest stay.  No file means nothing to do."""
+    for key in keys:
+        check_ssh_key(key)
+    user = _ssh_user(agent.host, username)
+    path = user.home.rstrip("/") + "/.ssh/authorized_keys"
+    dir_fd = None
+    try:
+        try:
+            dir_fd = open_ssh_dir(agent.host, user)
+            data = read_authorized_keys(dir_fd, user, path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise _read_failure(path, exc)
+        unwanted = set(keys)
+        write_authorized_keys(dir_fd, user, path, [line for line in split_authorized_keys(data)
+                                                   if line not in unwanted])
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
 
 # (end of ssh commands)
 
