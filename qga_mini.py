@@ -141,6 +141,36 @@ def os_error_text(exc):
     return exc.strerror or os.strerror(exc.errno or 0)
 
 
+_BASE64_INVALID = re.compile(r"[^A-Za-z0-9+/=\n]")
+
+
+def decode_base64(text):
+    """The bytes of a base64 argument, decoded exactly as qemu-ga decodes them.
+
+    Only the alphabet, '=' and newlines are accepted.  Then GLib's lenient decoder runs:
+    newlines are skipped, '=' counts as a zero digit wherever it stands, a group whose third
+    or fourth character is '=' yields one byte less each, and an incomplete last group is
+    dropped ("YQ==YWJj" is b"aabc", "====" is b"\\0", "YWJ" is b"").
+    """
+    if _BASE64_INVALID.search(text):
+        raise QgaError("Base64 data contains invalid characters")
+    if "\n" in text:
+        text = text.replace("\n", "")
+    body = text[:len(text) - len(text) % 4].encode("ascii")
+    first_pad = body.find(b"=")
+    if first_pad < 0 or (first_pad >= len(body) - 2 and body.count(b"=") == len(body) - first_pad):
+        return base64.b64decode(body)               # ordinary padding: the C decoder agrees
+    raw = base64.b64decode(body.replace(b"=", b"A"))
+    dropped = [i // 4 * 3 + i % 4 - 1 for i in range(first_pad, len(body))
+               if body[i] == 0x3D and i % 4 >= 2]
+    pieces, start = [], 0
+    for index in dropped:
+        pieces.append(raw[start:index])
+        start = index + 1
+    pieces.append(raw[start:])
+    return b"".join(pieces)
+
+
 # ==============================================================================================
 # Host access: every path the agent reads goes through one object whose root tests can move
 # ==============================================================================================
