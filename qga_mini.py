@@ -165,7 +165,8 @@ def os_error_text(exc):
     return exc.strerror or os.strerror(exc.errno or 0)
 
 
-_BASE64_INVALID = re.compile(r"[^A-Za-z0-9+/=\n]")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n"
+_PAD_TO_DEL = bytes(0x7F if c == 0x3D else 0 for c in range(256))   # '=' -> 0x7F, rest -> 0
 
 
 def decode_base64(text):
@@ -174,25 +175,32 @@ def decode_base64(text):
     Only the alphabet, '=' and newlines are accepted.  Then GLib's lenient decoder runs:
     newlines are skipped, '=' counts as a zero digit wherever it stands, a group whose third
     or fourth character is '=' yields one byte less each, and an incomplete last group is
-    dropped ("YQ==YWJj" is b"aabc", "====" is b"\\0", "YWJ" is b"").
+    dropped ("YQ==YWJj" is b"aabc", "====" is b"\\0", "YWJ" is b"").  Every step is a C-speed
+    bytes operation, whatever the input: 16 MiB decodes in tens of milliseconds.
     """
-    if _BASE64_INVALID.search(text):
+    try:
+        body = text.encode("ascii")
+    except UnicodeEncodeError:
+        body = None
+    if body is None or body.translate(None, _BASE64_ALPHABET):
         raise QgaError("Base64 data contains invalid characters")
-    if "\n" in text:
-        text = text.replace("\n", "")
-    body = text[:len(text) - len(text) % 4].encode("ascii")
+    if b"\n" in body:
+        body = body.replace(b"\n", b"")
+    body = body[:len(body) - len(body) % 4]
     first_pad = body.find(b"=")
     if first_pad < 0 or (first_pad >= len(body) - 2 and body.count(b"=") == len(body) - first_pad):
         return base64.b64decode(body)               # ordinary padding: the C decoder agrees
-    raw = base64.b64decode(body.replace(b"=", b"A"))
-    dropped = [i // 4 * 3 + i % 4 - 1 for i in range(first_pad, len(body))
-               if body[i] == 0x3D and i % 4 >= 2]
-    pieces, start = [], 0
-    for index in dropped:
-        pieces.append(raw[start:index])
-        start = index + 1
-    pieces.append(raw[start:])
-    return b"".join(pieces)
+    # '=' inside the data: decode it as 'A' (zero bits), then drop the bytes GLib drops.  The
+    # bytes go through hex so that the dropped ones can be marked, all at once, by OR-ing
+    # 0x7F (never a hex digit) over their two digits, and deleted by translate().
+    groups = len(body) // 4
+    marks = bytearray(6 * groups)
+    marks[2::6] = marks[3::6] = body[2::4].translate(_PAD_TO_DEL)     # 2nd byte of a group
+    marks[4::6] = marks[5::6] = body[3::4].translate(_PAD_TO_DEL)     # 3rd byte of a group
+    digits = base64.b64decode(body.replace(b"=", b"A")).hex().encode("ascii")
+    marked = int.from_bytes(digits, "big") | int.from_bytes(marks, "big")
+    kept = marked.to_bytes(len(digits), "big").translate(None, b"\x7f")
+    return bytes.fromhex(kept.decode("ascii"))
 
 
 # ==============================================================================================
