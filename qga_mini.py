@@ -284,7 +284,6 @@ class Host(object):
 
 _STRUCTURAL = b"{}[]:,"
 _SPACE = re.compile(rb"[ \t\r\n]*")
-_RESYNC = re.compile(rb"[\xfe\xff]")
 _STRING_STOP = {0x22: re.compile(rb'["\\\x00-\x1f]'), 0x27: re.compile(rb"['\\\x00-\x1f]")}
 _NUMBER_CHARS = re.compile(rb"[0-9.eE+\-]*")
 _KEYWORD_CHARS = re.compile(rb"[a-z]*")
@@ -294,6 +293,13 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 # Framer states.
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
+
+
+def _find_resync(data):
+    """Where the first 0xFF or 0xFE byte of ``data`` is, or -1.  Two memchr() scans: a
+    regular expression would cost ~50x more on a megabytes-long base64 string."""
+    ff, fe = data.find(b"\xff"), data.find(b"\xfe")
+    return fe if ff < 0 else ff if fe < 0 else min(ff, fe)
 
 
 def _quote_token(raw):
@@ -335,18 +341,18 @@ class Framer(object):
     def feed(self, data):
         events = []
         while data:
-            marker = _RESYNC.search(data)
-            if marker is None:
+            marker = _find_resync(data)
+            if marker < 0:
                 self._scan(data, events)
                 break
-            self._scan(data[:marker.start()], events)
+            self._scan(data[:marker], events)
             partial = b""
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
             if not self.discarding or self.state != _STRING:
                 events.append(self._lexer_error(partial + b"\xff"))
             self.reset()
-            data = data[marker.end():]
+            data = data[marker + 1:]
         self._compact()
         return events
 
