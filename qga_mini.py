@@ -1088,17 +1088,19 @@ class Agent(object):
     def handle_bytes(self, framer, data):
         """Feed received bytes; the reply chunks for every message they complete."""
         out = []
-        for event in framer.feed(data):
+        events = framer.feed(data)
+        for i in range(len(events)):
+            event, events[i] = events[i], None    # a message's bytes die with its parsing
             if isinstance(event, QgaError):
                 out.extend(encode_reply({"error": {"class": event.cls, "desc": event.desc}}))
                 continue
-            raw, extensions = event
             try:
-                request = parse_message(raw, extensions)
+                request = parse_message(*event)
             except JsonError as exc:
                 out.extend(encode_reply({"error": {"class": GENERIC_ERROR,
                                                    "desc": "JSON parse error, %s" % exc}}))
                 continue
+            event = None
             out.extend(self.dispatch(request))
         return out
 
