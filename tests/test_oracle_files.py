@@ -60,7 +60,11 @@ class RawAgent(object):
     def close(self):
         self.sock.close()
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:   # qemu-ga sometimes sits on SIGTERM for long
+            self.proc.kill()
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
