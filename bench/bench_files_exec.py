@@ -56,6 +56,8 @@ class Agent(object):
             except OSError:
                 self.sock.close()
                 if time.time() > deadline or self.proc.poll() is not None:
+                    self.proc.kill()
+                    self.proc.wait()
                     raise RuntimeError("%s did not start" % argv[0])
                 time.sleep(0.01)
         self.buf = bytearray()

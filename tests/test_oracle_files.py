@@ -35,12 +35,17 @@ class RawAgent(object):
                                              os.path.join(self.dir, "state")],
                                      cwd=self.work, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 15
-        while not os.path.exists(path):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("%s did not start" % argv)
-            time.sleep(0.01)
-        self.sock = connect_unix(path)
+        try:
+            deadline = time.time() + 15
+            while not os.path.exists(path):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("%s did not start" % argv)
+                time.sleep(0.01)
+            self.sock = connect_unix(path)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.sock.settimeout(30)
         self.buf = b""
 
@@ -72,12 +77,10 @@ class RawAgent(object):
 class SideBySide(unittest.TestCase):
     def setUp(self):
         self.qemu = RawAgent([QEMU_GA])
+        self.addCleanup(self.qemu.close)
         self.mini = RawAgent([PYTHON, AGENT])
+        self.addCleanup(self.mini.close)
         self.step = 0
-
-    def tearDown(self):
-        self.qemu.close()
-        self.mini.close()
 
     def both(self, name, **arguments):
         """Send one request to both agents; their replies must be the same line."""
