@@ -245,6 +245,22 @@ class AgentHarness(LineClient):
         self.close()
 
 
+def connect_unix(path, wait=10.0):
+    """A socket connected to ``path``; the file exists from bind(), before listen(), so a
+    refused connection right after start-up is retried."""
+    deadline = time.time() + wait
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class AgentProcess(object):
     """qga_mini.py as a real process on a unix socket (``-m unix-listen``)."""
 
@@ -266,8 +282,7 @@ class AgentProcess(object):
             time.sleep(0.01)
 
     def connect(self, timeout=10.0):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.path)
+        sock = connect_unix(self.path)
         self.sockets.append(sock)
         return LineClient(sock, timeout)
 

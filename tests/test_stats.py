@@ -79,7 +79,7 @@ class Load(TreeCase):
         self.assertEqual(self.h.call("guest-get-load"),
                          {"load1m": 12.5, "load5m": 8.25, "load15m": 4.0})
         self.assertTrue(encode_return(self.h.call("guest-get-load")).startswith(
-            '{"return": {"load15m": 4.0, "load5m": 8.25, "load1m": 12.5}'))
+            '{"return": {"load15m": 4, "load5m": 8.25, "load1m": 12.5}'))
 
     def test_errors(self):
         self.tree.write("/proc/loadavg", "0.5 1.x\n")
