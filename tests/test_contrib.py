@@ -1,0 +1,268 @@
+"""The packaging pieces in contrib/ and the VM test's scripts: syntax, lint and cheap behaviour.
+
+Each check skips when the tool it needs is missing (dash, systemd-analyze, udevadm verify,
+shellcheck).  The VM test (tests/vm/run.sh) exercises the init script, the fsfreeze hook and
+the initramfs-tools hook again inside a real guest.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONTRIB = os.path.join(TOP, "contrib")
+VM = os.path.join(TOP, "tests", "vm")
+AGENT = os.path.join(TOP, "qga_mini.py")
+
+POSIX_SCRIPTS = [
+    "contrib/fsfreeze-hook",
+    "contrib/init.d/qga-mini",
+    "contrib/openrc/qga-mini",
+    "contrib/initramfs-tools/hooks/qga-mini",
+    "contrib/initramfs-tools/scripts/init-top/qga-mini",
+    "contrib/initramfs-tools/scripts/init-bottom/qga-mini",
+    "contrib/dracut/99qga-mini/qga-mini-start.sh",
+    "contrib/dracut/99qga-mini/qga-mini-stop.sh",
+    "tests/vm/guest/rcS",
+    "tests/vm/guest/chpasswd",
+    "tests/vm/guest/hook-record",
+]
+BASH_SCRIPTS = ["contrib/dracut/99qga-mini/module-setup.sh", "tests/vm/run.sh"]
+
+
+def run(argv, **kw):
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("timeout", 60)
+    return subprocess.run(argv, universal_newlines=True, **kw)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if not path:
+        raise unittest.SkipTest("%s is not installed" % tool)
+    return path
+
+
+class ShellSyntax(unittest.TestCase):
+    def test_posix_scripts_parse_in_dash(self):
+        dash = need("dash")  # stricter than bash about POSIX syntax
+        for rel in POSIX_SCRIPTS:
+            with self.subTest(script=rel):
+                p = run([dash, "-n", os.path.join(TOP, rel)])
+                self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_bash_scripts_parse(self):
+        bash = need("bash")
+        for rel in BASH_SCRIPTS:
+            with self.subTest(script=rel):
+                p = run([bash, "-n", os.path.join(TOP, rel)])
+                self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_shellcheck(self):
+        shellcheck = need("shellcheck")
+        for rel in POSIX_SCRIPTS + BASH_SCRIPTS:
+            with self.subTest(script=rel):
+                p = run([shellcheck, "-S", "warning", os.path.join(TOP, rel)])
+                self.assertEqual(p.returncode, 0, p.stdout)
+
+    def test_scripts_are_executable(self):
+        for rel in POSIX_SCRIPTS + ["contrib/dracut/99qga-mini/module-setup.sh", "contrib/qga-mini-deps"]:
+            with self.subTest(script=rel):
+                self.assertTrue(os.access(os.path.join(TOP, rel), os.X_OK))
+
+
+class SystemdUnit(unittest.TestCase):
+    UNIT = os.path.join(CONTRIB, "systemd", "qemu-guest-agent.service")
+
+    def test_systemd_analyze_verify(self):
+        analyze = need("systemd-analyze")
+        p = run([analyze, "verify", self.UNIT])
+        # verify reports unknown keys on stderr but still exits 0: want silence.
+        self.assertEqual((p.returncode, p.stdout + p.stderr), (0, ""))
+
+    def test_bound_to_the_port_and_runs_the_agent(self):
+        text = read(self.UNIT)
+        device = r"dev-virtio\x2dports-org.qemu.guest_agent.0.device"
+        self.assertIn("BindsTo=" + device, text)
+        self.assertIn("After=" + device, text)
+        self.assertRegex(text, r"(?m)^ExecStart=-?/usr/bin/python3 /usr/lib/qga-mini/qga_mini\.py")
+
+
+class UdevRule(unittest.TestCase):
+    RULE = os.path.join(CONTRIB, "udev", "99-qga-mini.rules")
+    # KEY, KEY{attr}, operator, "value" -- udev's rule grammar in one pattern
+    PAIR = re.compile(r'\s*([A-Z_]+)(\{[^}]+\})?\s*(==|!=|\+=|-=|:=|=)\s*"([^"]*)"\s*(,|$)')
+
+    def rules(self):
+        with open(self.RULE) as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+    def test_syntax(self):
+        for line in self.rules():
+            pos, pairs = 0, []
+            while pos < len(line):
+                m = self.PAIR.match(line, pos)
+                self.assertIsNotNone(m, "bad rule syntax at %r" % line[pos:])
+                pairs.append(m.groups()[:4])
+                pos = m.end()
+            keys = {(k, a, op) for k, a, op, _v in pairs}
+            self.assertIn(("SUBSYSTEM", None, "=="), keys)
+            self.assertIn(("ATTR", "{name}", "=="), keys)
+
+    def test_starts_the_shipped_unit(self):
+        text = " ".join(self.rules())
+        self.assertIn('ATTR{name}=="org.qemu.guest_agent.0"', text)
+        self.assertIn('TAG+="systemd"', text)
+        self.assertRegex(text, r'ENV\{SYSTEMD_WANTS\}\+?="qemu-guest-agent\.service"')
+
+    def test_udevadm_verify(self):
+        udevadm = need("udevadm")
+        if run([udevadm, "verify", "--help"]).returncode != 0:
+            self.skipTest("udevadm has no verify (systemd < 254)")
+        p = run([udevadm, "verify", self.RULE])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+
+class FsfreezeHook(unittest.TestCase):
+    """The hook.d runner: order, ignored names, failures, reverse order on thaw."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.log = os.path.join(self.dir, "hook.log")
+        with open(os.path.join(CONTRIB, "fsfreeze-hook")) as f:
+            text = f.read().replace("LOGFILE=/var/log/qga-fsfreeze-hook.log", "LOGFILE=" + self.log)
+        self.hook = os.path.join(self.dir, "fsfreeze-hook")
+        with open(self.hook, "w") as f:
+            f.write(text)
+        os.mkdir(os.path.join(self.dir, "fsfreeze-hook.d"))
+
+    def script(self, name, status=0, executable=True):
+        path = os.path.join(self.dir, "fsfreeze-hook.d", name)
+        with open(path, "w") as f:
+            f.write('#!/bin/sh\necho "%s $1" >>"%s/calls"\nexit %d\n' % (name, self.dir, status))
+        os.chmod(path, 0o755 if executable else 0o644)
+
+    def calls(self):
+        try:
+            with open(os.path.join(self.dir, "calls")) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def test_runs_scripts_in_order_and_reverse_on_thaw(self):
+        for name in ("10-db", "20 with space", "30-app"):
+            self.script(name)
+        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
+        self.assertEqual(run(["sh", self.hook, "thaw"]).returncode, 0)
+        self.assertEqual(self.calls(), ["10-db freeze", "20 with space freeze", "30-app freeze",
+                                        "30-app thaw", "20 with space thaw", "10-db thaw"])
+        self.assertIn("finished successfully", read(self.log))
+
+    def test_skips_backups_package_leftovers_and_non_executables(self):
+        self.script("10-run")
+        for name in ("a~", "b.bak", "c.orig", "d.rpmnew", "e.rpmorig", "f.rpmsave", "g.sample",
+                     "h.dpkg-old", "i.dpkg-dist"):
+            self.script(name)
+        self.script("j-not-executable", executable=False)
+        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
+        self.assertEqual(self.calls(), ["10-run freeze"])
+
+    def test_a_failing_script_fails_the_hook_but_the_others_run(self):
+        self.script("10-fails", status=3)
+        self.script("20-ok")
+        p = run(["sh", self.hook, "freeze"])
+        self.assertEqual(p.returncode, 3)
+        self.assertEqual(self.calls(), ["10-fails freeze", "20-ok freeze"])
+        self.assertIn("error: ", read(self.log))
+
+    def test_no_hook_dir_is_success(self):
+        os.rmdir(os.path.join(self.dir, "fsfreeze-hook.d"))
+        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
+
+
+class InitScript(unittest.TestCase):
+    SCRIPT = os.path.join(CONTRIB, "init.d", "qga-mini")
+
+    def test_status_without_agent_and_usage(self):
+        p = run(["sh", self.SCRIPT, "status"])
+        self.assertEqual(p.returncode, 3)
+        self.assertIn("not running", p.stdout)
+        self.assertEqual(run(["sh", self.SCRIPT, "bogus"]).returncode, 2)
+
+
+@unittest.skipUnless(sys.platform.startswith("linux"), "Linux image tools")
+class ImageBuilders(unittest.TestCase):
+    """The initramfs-tools hook (standalone mode) and the dracut module with stand-in dracut."""
+
+    def test_deps_lists_the_stdlib_the_agent_needs(self):
+        p = run([sys.executable, os.path.join(CONTRIB, "qga-mini-deps"), AGENT])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        files = p.stdout.split()
+        names = {os.path.basename(f) for f in files}
+        for name in ("os.py", "encodings", "json"):
+            self.assertTrue(any(n.startswith(name) for n in names) or
+                            any("/%s/" % name in f for f in files), name)
+        self.assertFalse([f for f in files if "sitecustomize" in f or "site-packages" in f])
+
+    def test_initramfs_tools_hook_standalone_tree_runs_the_agent(self):
+        need("ldd")
+        dest = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, dest)
+        python = os.path.realpath(sys.executable)
+        env = dict(os.environ, DESTDIR=dest, QGA_MINI_STANDALONE="1", QGA_MINI_AGENT=AGENT,
+                   QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"), QGA_MINI_PYTHON=python)
+        p = run(["sh", os.path.join(CONTRIB, "initramfs-tools", "hooks", "qga-mini")], env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        agent = os.path.join(dest, "usr/lib/qga-mini/qga_mini.py")
+        self.assertTrue(os.path.exists(agent))
+        # The copied interpreter finds its prefix next to itself, so it runs on the
+        # copied standard library only: the agent must start from that subset.
+        py = os.path.join(dest, "usr/bin/python3")
+        p = run([py, "-c", "import sys; print(sys.prefix)"])
+        self.assertEqual(p.stdout.strip(), os.path.join(dest, "usr"), p.stderr)
+        p = run([py, agent, "--version"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("QEMU Guest Agent", p.stdout)
+
+    def test_dracut_module_installs_agent_python_and_hooks(self):
+        bash = need("bash")
+        moddir = os.path.join(CONTRIB, "dracut", "99qga-mini")
+        # Stand-ins for dracut's functions that log their calls.
+        script = r"""
+            require_binaries() { command -v "$@" >/dev/null; }
+            inst_binary() { echo "binary $*"; }
+            inst_simple() { echo "simple $*"; }
+            inst_library() { echo "library $*"; }
+            inst_hook() { echo "hook $*"; }
+            instmods() { echo "mods $*"; }
+            moddir=%s
+            . "$moddir/module-setup.sh"
+            check; echo "check $?"
+            installkernel
+            install
+        """ % moddir
+        env = dict(os.environ, QGA_MINI_AGENT=AGENT, QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"))
+        p = run([bash, "-c", script], env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        out = p.stdout.splitlines()
+        self.assertIn("check 255", out)  # only when asked for
+        self.assertIn("mods virtio_console", out)
+        self.assertIn("binary python3 /usr/bin/python3", out)
+        self.assertIn("simple %s /usr/lib/qga-mini/qga_mini.py" % AGENT, out)
+        self.assertTrue(any(line.startswith("simple ") and line.endswith("/os.py") for line in out))
+        self.assertTrue(any(line.startswith("hook pre-udev 90 ") for line in out))
+        self.assertTrue(any(line.startswith("hook cleanup 90 ") for line in out))
+
+
+if __name__ == "__main__":
+    unittest.main()
