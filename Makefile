@@ -6,14 +6,18 @@ PYTHON ?= /usr/bin/python3
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-test:  ## run the whole unit and integration test suite
-	$(PYTHON) -m unittest discover -s tests -t . -v
+test:  ## run the whole unit and integration test suite (what CI runs)
+	$(PYTHON) -m tests
 
 schema-check:  ## hold the command table and argument types against schema.json
 	$(PYTHON) -m unittest tests.test_schema -v
 
-vermin:  ## check statically that qga_mini.py runs on Python 3.6+
-	$(PYTHON) -m vermin -t=3.6- --violations --no-tips qga_mini.py
+vermin:  ## check statically that qga_mini.py runs on Python 3.6+ (pip install vermin)
+	$(PYTHON) -c 'import sys; from vermin.main import main; sys.argv = ["vermin"] + sys.argv[1:]; sys.exit(main())' \
+		-t=3.6- --violations --no-tips qga_mini.py
 
-demo:  ## run a demo agent on /tmp/qga-demo.sock and ping it
+vm-test:  ## boot a busybox+python guest under QEMU and drive the agent like real hosts
+	bash tests/vm/run.sh
+
+demo:  ## run a demo agent on /tmp/qga-demo.sock and talk to it (no VM needed)
 	sh contrib/demo.sh
