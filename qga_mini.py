@@ -940,6 +940,7 @@ class Agent(object):
         self.exec_children = {}      # guest-exec pid -> child record
         self.cleanups = []           # callables run once when the agent exits
         self.timers = []             # [deadline, callable], run by the event loop
+        self.freeze_watchdog = None  # cancels the --freeze-timeout auto-thaw timer
 
     # -- frozen state ---------------------------------------------------------------------------
 
@@ -2767,6 +2768,7 @@ def start_agent(agent):
             state.ensure()
     except (OSError, IOError) as exc:
         raise UsageError("failed to load persistent state: %s" % os_error_text(exc))
+    fsfreeze_start(agent)
 
 
 def self_test(config):
