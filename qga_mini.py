@@ -1606,6 +1606,15 @@ def disk_hardware(syspath, driver_of, port_numbers):
     return None
 
 
+def readdir(host, path):
+    """Names in a directory in the kernel's order (qemu-ga lists in readdir order, so its
+    replies come out in this order), or None if it cannot be read."""
+    try:
+        return os.listdir(host.path(path))
+    except OSError:
+        return None
+
+
 def _sysfs_driver(host, path):
     try:
         return os.path.basename(os.readlink(host.path(path + "/driver")))
@@ -1672,7 +1681,7 @@ def block_device_disks(host, devpath, addresses, seen=None):
     seen.add(syspath)
     if VIRTUAL_BLOCK_MARK in syspath:
         slaves = syspath + "/slaves"
-        for name in host.listdir(slaves):
+        for name in readdir(host, slaves) or ():
             if os.path.islink(host.path(slaves + "/" + name)):
                 block_device_disks(host, slaves + "/" + name, addresses, seen)
     else:
@@ -1693,6 +1702,7 @@ def filesystem_info(host, mount):
     devpath = "/sys/dev/block/%d:%d" % (mount.major, mount.minor)
     disks = []
     syspath = block_device_disks(host, devpath, disks)
+    disks.reverse()                  # qemu-ga prepends each disk it finds
     info = OrderedDict([("name", os.path.basename(syspath or devpath))])
     try:
         usage = statvfs_usage(os.statvfs(host.path(mount.dirname)))
@@ -1775,10 +1785,7 @@ def disk_info(host, name):
             disk["smart"] = parse_nvme_smart_log(read_nvme_smart_log(host.path(node)))
         except (OSError, IOError, struct.error):
             pass
-    try:
-        slaves = sorted(os.listdir(host.path(sysdir + "/slaves")))
-    except OSError:
-        slaves = None
+    slaves = readdir(host, sysdir + "/slaves")
     if slaves is not None:
         nodes = [block_device_node(host, sysdir + "/slaves/" + slave) for slave in slaves]
         disk["dependencies"] = [dep for dep in reversed(nodes) if dep]
@@ -1791,7 +1798,7 @@ def disk_info(host, name):
     if alias:
         disk["alias"] = alias
     entries = [disk]
-    for part in host.listdir(sysdir):
+    for part in readdir(host, sysdir) or ():
         part_dir = sysdir + "/" + part
         if not is_partition_of(name, part) or not os.path.isdir(host.path(part_dir)) \
                 or os.path.islink(host.path(part_dir)):
@@ -1808,7 +1815,7 @@ def guest_get_disks(agent):
     """guest-get-disks: every block device and partition with its dependencies and address."""
     host = agent.host
     try:
-        names = sorted(os.listdir(host.path(SYS_BLOCK)))
+        names = os.listdir(host.path(SYS_BLOCK))
     except OSError as exc:
         raise QgaError('Can\'t open directory "%s": %s' % (SYS_BLOCK, os_error_text(exc)))
     disks = []
