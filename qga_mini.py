@@ -202,7 +202,7 @@ class Host(object):
     """
 
     def __init__(self, root="/", environ=None):
-        self.root = root.rstrip("/") or "/"
+        self.root = os.path.realpath(root)     # realpath() results must start with it
         self.environ = os.environ if environ is None else environ
 
     def path(self, path):
