@@ -1354,7 +1354,9 @@ def run_fsfreeze_hook(agent, action):
     agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
     import subprocess
     try:
-        child = subprocess.Popen([hook, action], stdin=subprocess.DEVNULL,
+        # executable: a bare name is a file in the current directory (execl), not a PATH search
+        child = subprocess.Popen([hook, action], executable=os.path.abspath(hook),
+                                 stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  close_fds=True, start_new_session=True)
         status = child.wait()

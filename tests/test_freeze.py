@@ -398,6 +398,14 @@ class FreezeWithoutFilesystemsTest(unittest.TestCase):
                                                  "'/proc/self/mounts'"))
             self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
 
+    def test_hook_that_cannot_be_executed_fails_with_status_1(self):
+        # access(X_OK) passes for a directory; the exec then fails, and qemu-ga's child
+        # exits 1.  Nothing is frozen: the freeze hook runs first.
+        with AgentHarness(host_root=self.root, fsfreeze_hook=self.root) as h:
+            self.assertEqual(h.error("guest-fsfreeze-freeze"),
+                             ("GenericError", "fsfreeze hook has failed with status 1"))
+            self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+
     def test_fstrim_open_error(self):
         with AgentHarness(host_root=self.root) as h:
             self.assertEqual(h.call("guest-fstrim"), {"paths": [
