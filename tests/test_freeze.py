@@ -349,6 +349,23 @@ class FrozenProcessTest(unittest.TestCase):
         client.call("guest-get-fsinfo")
         self.assertEqual(second.stop(), 0)         # and SIGTERM works again
 
+    def test_watchdog_covers_a_freeze_inherited_at_start_up(self):
+        fd = os.open(self.fs.path, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, qga_mini.FIFREEZE, 0)      # as a previous agent left it
+        finally:
+            os.close(fd)
+        os.makedirs(self.statedir)
+        open(self.marker, "w").close()
+        writer = self.fs.writer()
+        agent = AgentProcess("--freeze-timeout", "1.5", statedir=self.statedir)
+        self.addCleanup(agent.close)
+        client = agent.connect()
+        self.assertEqual(client.call("guest-fsfreeze-status"), "frozen")
+        self.assertEqual(wait_for(writer, 10), 0)
+        self.assertEqual(client.call("guest-fsfreeze-status"), "thawed")
+        self.assertFalse(os.path.exists(self.marker))
+
     def test_exit_while_frozen_thaws(self):
         # stdio: EOF on stdin ends the agent, still frozen; its exit cleanup must thaw.
         proc = subprocess.Popen([PYTHON, AGENT, "-m", "stdio", "-t", self.statedir],
