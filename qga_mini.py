@@ -149,9 +149,57 @@ SUSPEND_UNSUPPORTED = "the requested suspend mode is not supported by the guest"
 # (end of power constants)
 
 # Constants of the freeze commands.
+MOUNTINFO_PATH = "/proc/self/mountinfo"   # the mount table qemu-ga reads first
+MOUNTS_PATH = "/proc/self/mounts"         # its fallback when mountinfo cannot be opened
+FIFREEZE = 0xC0045877                     # _IOWR('X', 119, int): freeze a file system
+FITHAW = 0xC0045878                       # _IOWR('X', 120, int): thaw it (once per freeze)
+FITRIM = 0xC0185879                       # _IOWR('X', 121, struct fstrim_range)
+FSTRIM_RANGE = struct.Struct("=QQQ")      # struct fstrim_range: start, len, minlen (u64)
 # (end of freeze constants)
 
 # Constants of the disks commands.
+DISKSTATS_PATH = "/proc/diskstats"
+SYS_BLOCK = "/sys/block"
+UDEV_DATA = "/run/udev/data"              # udev's database: E:ID_SERIAL=, E:DM_NAME= lines
+VIRTUAL_BLOCK_MARK = "/devices/virtual/block/"   # dm, md, loop: look through slaves/
+# PCI drivers of disk controllers, and the bus each one means (as qemu-ga walks the PCI path).
+DISK_CONTROLLER_BUS = {"ata_piix": "ide", "sym53c8xx": "scsi", "virtio-pci": "virtio",
+                       "ahci": "sata", "nvme": "nvme", "xhci_hcd": "usb", "ehci-pci": "usb"}
+NVME_IOCTL_ADMIN_CMD = 0xC0484E41         # _IOWR('N', 0x41, struct nvme_admin_cmd)
+NVME_ADMIN_CMD = struct.Struct("<BBHIIIQQII6III")   # struct nvme_admin_cmd, 72 bytes
+NVME_GET_LOG_PAGE = 0x02                  # admin opcode
+NVME_NSID_ALL = 0xFFFFFFFF                # the log page of the whole controller
+NVME_SMART_LOG_SIZE = 512                 # the SMART / health information log page
+# cdw10: log id 2 (SMART), RAE (keep the async event pending), number of dwords - 1.
+NVME_SMART_CDW10 = 0x02 | 1 << 15 | (NVME_SMART_LOG_SIZE // 4 - 1) << 16
+NVME_SMART_HEAD = struct.Struct("<BHBBB26x")        # warning, temperature, spare, ... used
+NVME_SMART_COUNTERS = ("data-units-read", "data-units-written", "host-read-commands",
+                       "host-write-commands", "controller-busy-time", "power-cycles",
+                       "power-on-hours", "unsafe-shutdowns", "media-errors",
+                       "number-of-error-log-entries")   # 128-bit lo/hi pairs from byte 32
+# guest-get-diskstats: the /proc/diskstats columns after the name, and whether qemu-ga reads
+# each as a 32-bit (True) or a 64-bit value.
+DISKSTATS_COLUMNS = (("read-ios", False), ("read-merges", False), ("read-sectors", False),
+                     ("read-ticks", False), ("write-ios", False), ("write-merges", False),
+                     ("write-sectors", False), ("write-ticks", True), ("ios-pgr", True),
+                     ("total-ticks", True), ("weight-ticks", True), ("discard-ios", False),
+                     ("discard-merges", False), ("discard-sectors", False),
+                     ("discard-ticks", True), ("flush-ios", False), ("flush-ticks", True))
+DISKSTATS_GROUPS = (11, 15, 17)           # columns present: base, + discard, + flush
+# qemu-ga's key order on the wire (its hash order), kept so replies can be diffed byte-wise.
+DISKSTATS_KEY_ORDER = ("discard-sectors", "write-ios", "discard-ios", "discard-ticks",
+                       "weight-ticks", "read-ios", "flush-ios", "write-sectors",
+                       "write-merges", "write-ticks", "ios-pgr", "read-sectors", "read-merges",
+                       "total-ticks", "discard-merges", "flush-ticks", "read-ticks")
+NVME_SMART_KEY_ORDER = (
+    "available-spare", "host-write-commands-hi", "temperature", "power-on-hours-lo",
+    "host-read-commands-hi", "host-read-commands-lo", "number-of-error-log-entries-hi",
+    "unsafe-shutdowns-hi", "unsafe-shutdowns-lo", "host-write-commands-lo",
+    "available-spare-threshold", "power-on-hours-hi", "controller-busy-time-hi",
+    "controller-busy-time-lo", "data-units-read-hi", "data-units-read-lo", "power-cycles-hi",
+    "power-cycles-lo", "media-errors-hi", "media-errors-lo", "data-units-written-hi",
+    "data-units-written-lo", "type", "critical-warning", "percentage-used",
+    "number-of-error-log-entries-lo")
 # (end of disks constants)
 
 # Constants of the cpus commands.
@@ -286,7 +334,7 @@ class Host(object):
     """
 
     def __init__(self, root="/", environ=None):
-        self.root = root.rstrip("/") or "/"
+        self.root = os.path.realpath(root)     # realpath() results must start with it
         self.environ = os.environ if environ is None else environ
 
     def path(self, path):
@@ -1112,6 +1160,7 @@ class Agent(object):
         self.exec_children = {}      # guest-exec pid -> child record
         self.cleanups = []           # callables run once when the agent exits
         self.timers = []             # [deadline, callable], run by the event loop
+        self.freeze_watchdog = None  # cancels the --freeze-timeout auto-thaw timer
 
     # -- frozen state ---------------------------------------------------------------------------
 
@@ -2055,11 +2104,700 @@ def guest_suspend_hybrid(agent):
 
 
 # -- Freeze and trim: guest-fsfreeze-*, guest-fstrim ---------------------------------------
+#
+# Freeze, thaw, trim and guest-get-fsinfo share one mount list, built as qemu-ga builds it from
+# /proc/self/mountinfo: only file systems on a block device (major 0 means none: tmpfs, proc,
+# overlay, NFS, CIFS, FUSE, ...; btrfs is the exception, its source device is stat()ed), and
+# each device once (the first mount wins; bind mounts and second mounts are skipped).  So no
+# network file system is ever opened, frozen or statvfs()ed: a dead server cannot hang us.
+
+MountInfoEntry = namedtuple("MountInfoEntry", "major minor dirname fstype source")
+
+# A file system of the mount list.  ``dev`` is the st_dev its mount point must have when
+# opened (None: not checked, as for btrfs, whose subvolumes have devices of their own).
+Mount = namedtuple("Mount", "dirname fstype major minor dev")
+
+_MOUNT_ESCAPE = re.compile(r"\\(?:\\|[0-3][0-7][0-7])")
+
+
+def _unescape_mount_char(match):
+    text = match.group()
+    return "\\" if text == "\\\\" else chr(int(text[1:], 8))
+
+
+def unescape_mount_field(text):
+    """A mount table field with the kernel's octal escapes (``\\040`` is a space) decoded."""
+    return _MOUNT_ESCAPE.sub(_unescape_mount_char, text) if "\\" in text else text
+
+
+def parse_mountinfo(text):
+    """Every entry of /proc/self/mountinfo, in file order; malformed lines are skipped."""
+    entries = []
+    for line in text.split("\n"):
+        head, dash, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not dash or len(fields) < 5 or len(rest) < 2:
+            continue
+        major, colon, minor = fields[2].partition(":")
+        if not (colon and major.isdigit() and minor.isdigit()):
+            continue
+        entries.append(MountInfoEntry(int(major), int(minor), unescape_mount_field(fields[4]),
+                                      rest[0], unescape_mount_field(rest[1])))
+    return entries
+
+
+def parse_mounts(text):
+    """Every entry of /proc/self/mounts (source, dir, type, ...), device numbers unknown."""
+    entries = []
+    for line in text.split("\n"):
+        fields = line.split()
+        if len(fields) >= 3:
+            entries.append(MountInfoEntry(0, 0, unescape_mount_field(fields[1]), fields[2],
+                                          unescape_mount_field(fields[0])))
+    return entries
+
+
+def select_local_mounts(entries, device_numbers):
+    """The mount list from mountinfo entries.
+
+    ``device_numbers(source)`` is ``(major, minor)`` for a block device node, "dir" for a
+    directory and None otherwise; it is asked about btrfs sources only.
+    """
+    mounts, seen = [], set()
+    for entry in entries:
+        major, minor = entry.major, entry.minor
+        dev = os.makedev(major, minor)
+        if major == 0:
+            numbers = device_numbers(entry.source) if entry.fstype == "btrfs" else None
+            if not isinstance(numbers, tuple):
+                continue
+            (major, minor), dev = numbers, None
+        if (major, minor) not in seen:
+            seen.add((major, minor))
+            mounts.append(Mount(entry.dirname, entry.fstype, major, minor, dev))
+    return mounts
+
+
+def select_mtab_mounts(entries, device_numbers):
+    """The mount list from /proc/self/mounts entries (qemu-ga's getmntent fallback).
+
+    A source that is not an absolute path is a pseudo or network file system; smbfs and cifs
+    sources look like paths and are skipped by type; a directory source is a bind mount.
+    """
+    mounts, seen = [], set()
+    for entry in entries:
+        if not entry.source.startswith("/") or entry.fstype in ("smbfs", "cifs"):
+            continue
+        numbers = device_numbers(entry.source)
+        if numbers == "dir":
+            continue
+        major, minor = numbers if isinstance(numbers, tuple) else (0, 0)
+        if (major, minor) not in seen:
+            seen.add((major, minor))
+            dev = os.makedev(major, minor) if major else None
+            mounts.append(Mount(entry.dirname, entry.fstype, major, minor, dev))
+    return mounts
+
+
+def _device_numbers(host, source):
+    """What a mount source is: (major, minor) of a block device, "dir", or None."""
+    if not source.startswith("/"):
+        return None
+    try:
+        st = os.stat(host.path(source))
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISBLK(st.st_mode):
+        return os.major(st.st_rdev), os.minor(st.st_rdev)
+    return None
+
+
+def build_mount_list(host):
+    """The local block-device file systems, in mount order (QgaError as qemu-ga words it)."""
+    def numbers(source):
+        return _device_numbers(host, source)
+    try:
+        text = os.fsdecode(host.read_bytes(MOUNTINFO_PATH))
+    except (OSError, IOError):
+        try:
+            text = os.fsdecode(host.read_bytes(MOUNTS_PATH))
+        except (OSError, IOError):
+            raise QgaError("failed to open mtab file: '%s'" % MOUNTS_PATH)
+        return select_mtab_mounts(parse_mounts(text), numbers)
+    return select_local_mounts(parse_mountinfo(text), numbers)
+
+
+def display_path(path):
+    """A path as JSON text: bytes that are not UTF-8 become U+FFFD, as qemu's writer does."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def open_mount_point(host, mount):
+    """A read-only fd on a mount point; None if another file system is mounted there now.
+
+    The check matters when the table is stale (an unmount since it was read): qemu-ga would
+    then freeze or trim whatever file system holds the bare directory, usually the root.
+    """
+    fd = os.open(host.path(mount.dirname), os.O_RDONLY | os.O_CLOEXEC)
+    if mount.dev is not None and os.fstat(fd).st_dev != mount.dev:
+        os.close(fd)
+        return None
+    return fd
+
+
+def freeze_mounts(host, mounts, mountpoints=None):
+    """FIFREEZE the mounts, children before parents; the number frozen.
+
+    With ``mountpoints`` only the mounts whose directory is in it exactly; others are ignored.
+    EOPNOTSUPP (cannot be frozen) and EBUSY (already frozen, e.g. by a bind mount) are not
+    errors and not counted; any other failure raises QgaError, leaving the caller to thaw.
+    """
+    wanted = None if mountpoints is None else set(mountpoints)
+    count = 0
+    for mount in reversed(mounts):
+        if wanted is not None and mount.dirname not in wanted:
+            continue
+        try:
+            fd = open_mount_point(host, mount)
+        except OSError as exc:
+            raise QgaError("failed to open %s: %s"
+                           % (display_path(mount.dirname), os_error_text(exc)))
+        if fd is None:
+            continue
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+            count += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EBUSY):
+                raise QgaError("failed to freeze %s: %s"
+                               % (display_path(mount.dirname), os_error_text(exc)))
+        finally:
+            os.close(fd)
+    return count
+
+
+def thaw_mounts(host, mounts):
+    """FITHAW every mount until it fails (one freeze may be nested in another); the number of
+    file systems at least one FITHAW succeeded on.  Mounts that cannot be opened are skipped."""
+    count = 0
+    for mount in mounts:
+        try:
+            fd = open_mount_point(host, mount)
+        except OSError:
+            continue
+        if fd is None:
+            continue
+        thawed = False
+        try:
+            while True:
+                fcntl.ioctl(fd, FITHAW, 0)
+                thawed = True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        count += thawed
+    return count
+
+
+def run_fsfreeze_hook(agent, action):
+    """Run the -F hook with ``freeze`` or ``thaw`` and wait for it (no timeout, as qemu-ga).
+
+    The hook runs in its own session with stdio on /dev/null; its failure is a QgaError in
+    qemu-ga 7.2's words.  Without -F nothing runs.
+    """
+    # TODO(merge): use run_helper
+    hook = agent.config.fsfreeze_hook
+    if not hook:
+        return
+    if not os.access(hook, os.X_OK):
+        try:
+            os.stat(hook)
+            code = errno.EACCES
+        except OSError as exc:
+            code = exc.errno
+        raise QgaError("can't access fsfreeze hook '%s': %s" % (hook, os.strerror(code)))
+    agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
+    import subprocess
+    try:
+        # executable: a bare name is a file in the current directory (execl), not a PATH search
+        child = subprocess.Popen([hook, action], executable=os.path.abspath(hook),
+                                 stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 close_fds=True, start_new_session=True)
+        status = child.wait()
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+            raise QgaError("failed to create child process: %s" % os_error_text(exc))
+        status = 1          # the exec failed: qemu-ga's child exits with status 1
+    if status < 0:
+        raise QgaError("fsfreeze hook has terminated abnormally")
+    if status:
+        raise QgaError("fsfreeze hook has failed with status %d" % status)
+
+
+def freeze_filesystems(agent, mountpoints=None):
+    """guest-fsfreeze-freeze(-list): hook, mount list, frozen state, then the ioctls."""
+    agent.log.audit("guest-fsfreeze called")
+    run_fsfreeze_hook(agent, "freeze")
+    mounts = build_mount_list(agent.host)
+    # Frozen before the first ioctl: from here on no log line or state write may touch a disk.
+    agent.set_frozen(True)
+    try:
+        count = freeze_mounts(agent.host, mounts, mountpoints)
+    except Exception:
+        try:
+            thaw_filesystems(agent)
+        except QgaError:
+            pass
+        raise
+    if count == 0:
+        agent.set_frozen(False)      # nothing frozen: no thaw, and no thaw hook
+    else:
+        arm_freeze_watchdog(agent)
+    return count
+
+
+def thaw_filesystems(agent):
+    """guest-fsfreeze-thaw: thaw every mount, leave the frozen state, run the thaw hook."""
+    count = thaw_mounts(agent.host, build_mount_list(agent.host))
+    if agent.freeze_watchdog is not None:
+        agent.freeze_watchdog()
+        agent.freeze_watchdog = None
+    agent.set_frozen(False)
+    agent.log.audit("guest-fsthaw called")
+    run_fsfreeze_hook(agent, "thaw")
+    return count
+
+
+def arm_freeze_watchdog(agent):
+    """With --freeze-timeout: thaw by ourselves if the host has not thawed in time."""
+    timeout = agent.config.freeze_timeout
+    if not timeout or agent.freeze_watchdog is not None:
+        return
+
+    def auto_thaw():
+        agent.freeze_watchdog = None
+        if not agent.frozen:
+            return
+        try:
+            count = thaw_filesystems(agent)
+        except QgaError as exc:
+            if agent.frozen:                 # no mount list: try again later
+                agent.freeze_watchdog = agent.call_later(timeout, auto_thaw)
+            agent.log.error("automatic thaw after %g seconds: %s" % (timeout, exc.desc))
+            return
+        agent.log.audit("file systems were frozen for %g seconds: thawed %d of them"
+                        % (timeout, count))
+
+    agent.freeze_watchdog = agent.call_later(timeout, auto_thaw)
+
+
+def fsfreeze_start(agent):
+    """At start-up: thaw at exit if still frozen, and watch a freeze inherited through the
+    frozen marker as if it had just been made."""
+    def thaw_at_exit():
+        if agent.frozen:
+            thaw_filesystems(agent)
+    agent.cleanups.append(thaw_at_exit)
+    if agent.frozen:
+        arm_freeze_watchdog(agent)
+
+
+@command("guest-fsfreeze-status", returns="GuestFsfreezeStatus")
+def guest_fsfreeze_status(agent):
+    """guest-fsfreeze-status: the agent's own freeze state."""
+    return "frozen" if agent.frozen else "thawed"
+
+
+@command("guest-fsfreeze-freeze", returns="int")
+def guest_fsfreeze_freeze(agent):
+    """guest-fsfreeze-freeze: freeze every local file system; the number frozen."""
+    return freeze_filesystems(agent)
+
+
+@command("guest-fsfreeze-freeze-list", data={"*mountpoints": ["str"]}, returns="int")
+def guest_fsfreeze_freeze_list(agent, mountpoints=None):
+    """guest-fsfreeze-freeze-list: freeze the named mount points (all without a list)."""
+    return freeze_filesystems(agent, mountpoints)
+
+
+@command("guest-fsfreeze-thaw", returns="int")
+def guest_fsfreeze_thaw(agent):
+    """guest-fsfreeze-thaw: thaw every file system; the number thawed."""
+    return thaw_filesystems(agent)
+
+
+def _int64(value):
+    """A u64 the kernel returned, as the int64 QAPI member qemu-ga assigns it to."""
+    return value - (1 << 64) if value > INT64_MAX else value
+
+
+def trim_mount(host, mount, minimum):
+    """One guest-fstrim result: FITRIM over the whole file system, or the error."""
+    path = display_path(mount.dirname)
+    try:
+        fd = open_mount_point(host, mount)
+    except OSError as exc:
+        return OrderedDict([("path", path), ("error", "failed to open: %s" % os_error_text(exc))])
+    if fd is None:
+        return None
+    trim_range = bytearray(FSTRIM_RANGE.pack(0, UINT64_MAX, minimum & UINT64_MAX))
+    try:
+        fcntl.ioctl(fd, FITRIM, trim_range, True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP):
+            error = "trim not supported"
+        else:
+            error = "failed to trim: %s" % os_error_text(exc)
+        return OrderedDict([("path", path), ("error", error)])
+    finally:
+        os.close(fd)
+    _, trimmed, minimum = FSTRIM_RANGE.unpack(trim_range)
+    return OrderedDict([("minimum", _int64(minimum)), ("path", path),
+                        ("trimmed", _int64(trimmed))])
+
+
+@command("guest-fstrim", data={"*minimum": "int"}, returns="GuestFilesystemTrimResponse")
+def guest_fstrim(agent, minimum=0):
+    """guest-fstrim: discard unused blocks of every file system; results in reverse mount
+    order, a failure reported for its path only."""
+    agent.log.audit("guest-fstrim called")
+    results = [trim_mount(agent.host, mount, minimum) for mount in build_mount_list(agent.host)]
+    return {"paths": [result for result in reversed(results) if result is not None]}
 
 # (end of freeze commands)
 
 
 # -- Filesystems and disks: guest-get-fsinfo, guest-get-disks ------------------------------
+#
+# A file system's disks are found from /sys/dev/block/<major>:<minor>: a virtual device (dm,
+# md: LVM, LUKS, RAID) is looked through, following its slaves/ links down to real disks; a
+# real disk gets its controller address from its sysfs path, as qemu-ga reads it.  libvirt
+# reads the address numbers as unsigned and matches them against the domain's disks, so a disk
+# whose controller address cannot be worked out is left out rather than sent with -1s.
+
+def parse_uevent(text):
+    """A sysfs uevent file (``KEY=value`` lines) as a dict."""
+    values = {}
+    for line in text.split("\n"):
+        key, eq, value = line.partition("=")
+        if eq:
+            values[key] = value
+    return values
+
+
+def parse_udev_properties(text):
+    """The properties (``E:KEY=value`` lines) of a udev database entry, as a dict."""
+    return parse_uevent("\n".join(line[2:] for line in text.split("\n")
+                                  if line.startswith("E:")))
+
+
+_PCI_TOP = re.compile(r"[0-9a-fA-F]+:[0-9a-fA-F]+/([0-9a-fA-F]+):([0-9a-fA-F]+):"
+                      r"([0-9a-fA-F]+)\.([0-9a-fA-F]+)")
+_PCI_NEXT = re.compile(r"/([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-9a-fA-F]+)")
+_SCSI_TARGET = re.compile(r"[0-9]+:[0-9]+:[0-9]+/[0-9]+:([0-9]+):([0-9]+):([0-9]+)")
+_CCW_DEVICE = re.compile(r"[0-9a-fA-F]+/([0-9a-fA-F]+)\.([0-9a-fA-F]+)\.([0-9a-fA-F]+)/"
+                         r"[0-9a-fA-F]+\.[0-9a-fA-F]+\.([0-9a-fA-F]+)/")
+_LEADING_DIGITS = re.compile(r"[0-9]+")
+
+
+def scsi_target(syspath):
+    """(channel, target, lun) from the first ``/targetH:C:T/H:C:T:L`` of a sysfs path."""
+    at = syspath.find("/target")
+    match = _SCSI_TARGET.match(syspath, at + 7) if at >= 0 else None
+    return tuple(int(n) for n in match.groups()) if match else None
+
+
+def disk_hardware(syspath, driver_of, port_numbers):
+    """The controller address of a real disk from its sysfs path, or None if unknown.
+
+    A dict with ``bus-type``, ``bus``, ``target``, ``unit`` and ``pci`` (domain, bus, slot,
+    function) or ``ccw`` (cssid, ssid, subchno, devno).  ``driver_of(dir)`` names the driver
+    bound to a sysfs device directory; ``port_numbers(dir, prefix)`` lists the numbers of its
+    ``ata<N>`` or ``host<N>`` children, sorted.  Pure apart from those two.
+    """
+    found = {"bus-type": "unknown", "bus": 0, "target": 0, "unit": 0}
+    target = scsi_target(syspath)
+    at = syspath.find("/devices/pci")
+    if at >= 0:
+        match = _PCI_TOP.match(syspath, at + 12)
+        # Walk down nested functions (bridges) to the first with a disk controller's driver.
+        while match:
+            end, pci = match.end(), tuple(int(n, 16) for n in match.groups())
+            driver = driver_of(syspath[:end])
+            if driver in DISK_CONTROLLER_BUS:
+                break
+            match = _PCI_NEXT.match(syspath, end)
+        if not match:
+            return None
+        found["pci"] = pci
+        bus_type = DISK_CONTROLLER_BUS[driver]
+        if driver in ("ata_piix", "ahci"):
+            # Which port of the controller: ata<N> (libata) or host<N>, by its rank.
+            at = syspath.find("/ata")
+            prefix = "ata" if at >= 0 else "host"
+            if at < 0:
+                at = syspath.find("/host")
+            number = _LEADING_DIGITS.match(syspath, at + 1 + len(prefix)) if at >= 0 else None
+            if number is None or target is None:
+                return None
+            ports = port_numbers(syspath[:at], prefix)
+            if int(number.group()) not in ports:
+                return None
+            rank = ports.index(int(number.group()))
+            if driver == "ata_piix":       # one host per IDE bus, target*:0:<unit>:0
+                found["bus"], found["unit"] = rank, target[1]
+            else:                          # AHCI: one host per unit
+                found["unit"] = rank
+        elif driver == "sym53c8xx":        # LSI SCSI: target*:0:<unit>:0
+            if target is None:
+                return None
+            found["unit"] = target[1]
+        elif driver == "virtio-pci" and target is not None:   # virtio-scsi: target*:0:0:<unit>
+            bus_type, found["unit"] = "scsi", target[2]
+        found["bus-type"] = bus_type
+        return found
+    at = syspath.find("/devices/css")
+    if at >= 0:                            # s390x channel I/O
+        match = _CCW_DEVICE.match(syspath, at + 12)
+        if not match:
+            return None
+        found["ccw"] = tuple(int(n, 16) for n in match.groups())
+        if "/virtio" in syspath[at:] and "/block" in syspath:
+            if target is not None:         # virtio-scsi: target*:<bus>:<target>:<unit>
+                found["bus-type"] = "scsi"
+                found["bus"], found["target"], found["unit"] = target
+            else:
+                found["bus-type"] = "virtio"
+        return found
+    return None
+
+
+def readdir(host, path):
+    """Names in a directory in the kernel's order (qemu-ga lists in readdir order, so its
+    replies come out in this order), or None if it cannot be read."""
+    try:
+        return os.listdir(host.path(path))
+    except OSError:
+        return None
+
+
+def _sysfs_driver(host, path):
+    try:
+        return os.path.basename(os.readlink(host.path(path + "/driver")))
+    except OSError:
+        return None
+
+
+def _port_numbers(host, path, prefix):
+    pattern = re.compile(re.escape(prefix) + "([0-9]+)")
+    return sorted(int(m.group(1)) for m in map(pattern.match, host.listdir(path)) if m)
+
+
+def udev_properties(host, uevent):
+    """udev's database entry of a block device, or None where udev keeps none."""
+    text = host.read_text("%s/b%s:%s" % (UDEV_DATA, uevent.get("MAJOR"), uevent.get("MINOR")))
+    return None if text is None else parse_udev_properties(text)
+
+
+def disk_address(host, syspath):
+    """The GuestDiskAddress of a real disk (or partition), or None if its address is unknown.
+
+    ``dev`` is the node the kernel names in uevent (as libudev reports it); ``serial`` is udev's
+    ID_SERIAL, or where there is no udev database the disk's own sysfs ``serial`` (virtio-blk
+    has one; udev's ID_SERIAL for virtio is that same value).
+    """
+    hardware = disk_hardware(syspath, lambda path: _sysfs_driver(host, path),
+                             lambda path, prefix: _port_numbers(host, path, prefix))
+    if hardware is None:
+        return None
+    uevent = parse_uevent(host.read_text(syspath + "/uevent", ""))
+    udev = udev_properties(host, uevent)
+    if udev is not None:
+        serial = udev.get("ID_SERIAL")
+    else:
+        disk = os.path.dirname(syspath) if host.exists(syspath + "/partition") else syspath
+        serial = host.read_attr(disk + "/serial")
+    pci = hardware.get("pci", (0, 0, 0, 0))    # CCW disks have no PCI controller: zeros
+    address = OrderedDict()
+    if "ccw" in hardware:
+        address["ccw-address"] = OrderedDict(zip(("cssid", "ssid", "subchno", "devno"),
+                                                 hardware["ccw"]))
+    if serial:
+        address["serial"] = serial
+    address["bus-type"] = hardware["bus-type"]
+    address["bus"] = hardware["bus"]
+    address["unit"] = hardware["unit"]
+    address["pci-controller"] = OrderedDict(zip(("bus", "slot", "domain", "function"),
+                                                (pci[1], pci[2], pci[0], pci[3])))
+    if uevent.get("DEVNAME"):
+        address["dev"] = "/dev/" + uevent["DEVNAME"]
+    address["target"] = hardware["target"]
+    return address
+
+
+def block_device_disks(host, devpath, addresses, seen=None):
+    """Append the addresses of the real disks under a sysfs block device to ``addresses``;
+    the device's resolved sysfs path, or None if it does not exist (containers)."""
+    if not host.exists(devpath):
+        return None
+    syspath = host.realpath(devpath)
+    seen = set() if seen is None else seen
+    if syspath in seen:
+        return syspath
+    seen.add(syspath)
+    if VIRTUAL_BLOCK_MARK in syspath:
+        slaves = syspath + "/slaves"
+        for name in readdir(host, slaves) or ():
+            if os.path.islink(host.path(slaves + "/" + name)):
+                block_device_disks(host, slaves + "/" + name, addresses, seen)
+    else:
+        address = disk_address(host, syspath)
+        if address is not None:
+            addresses.append(address)
+    return syspath
+
+
+def statvfs_usage(st):
+    """(used, total for unprivileged users, total) bytes from a statvfs result, as qemu-ga."""
+    used = st.f_blocks - st.f_bfree
+    return used * st.f_frsize, (used + st.f_bavail) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def filesystem_info(host, mount):
+    """One GuestFilesystemInfo."""
+    devpath = "/sys/dev/block/%d:%d" % (mount.major, mount.minor)
+    disks = []
+    syspath = block_device_disks(host, devpath, disks)
+    disks.reverse()                  # qemu-ga prepends each disk it finds
+    info = OrderedDict([("name", os.path.basename(syspath or devpath))])
+    try:
+        usage = statvfs_usage(os.statvfs(host.path(mount.dirname)))
+    except OSError:
+        usage = None
+    if usage:
+        info["total-bytes"], info["total-bytes-privileged"] = usage[1], usage[2]
+    info["mountpoint"] = display_path(mount.dirname)
+    info["disk"] = disks
+    if usage:
+        info["used-bytes"] = usage[0]
+    info["type"] = mount.fstype
+    return info
+
+
+@command("guest-get-fsinfo", returns=["GuestFilesystemInfo"])
+def guest_get_fsinfo(agent):
+    """guest-get-fsinfo: every local file system with its size and disks, last mount first."""
+    infos = [filesystem_info(agent.host, mount) for mount in build_mount_list(agent.host)]
+    infos.reverse()
+    return infos
+
+
+def parse_nvme_smart_log(data):
+    """GuestNVMeSmart from a 512-byte NVMe SMART / health information log page."""
+    warning, temperature, spare, threshold, used = NVME_SMART_HEAD.unpack_from(data)
+    counters = struct.unpack_from("<%dQ" % (2 * len(NVME_SMART_COUNTERS)), data,
+                                  NVME_SMART_HEAD.size)
+    values = {"type": "nvme", "critical-warning": warning, "temperature": temperature,
+              "available-spare": spare, "available-spare-threshold": threshold,
+              "percentage-used": used}
+    for i, name in enumerate(NVME_SMART_COUNTERS):
+        values[name + "-lo"], values[name + "-hi"] = counters[2 * i], counters[2 * i + 1]
+    return OrderedDict((key, values[key]) for key in NVME_SMART_KEY_ORDER)
+
+
+def read_nvme_smart_log(path):
+    """The SMART log page of an NVMe device through the admin-command ioctl (OSError if not)."""
+    import array
+    page = array.array("B", bytes(NVME_SMART_LOG_SIZE))
+    command = bytearray(NVME_ADMIN_CMD.pack(
+        NVME_GET_LOG_PAGE, 0, 0, NVME_NSID_ALL, 0, 0, 0, page.buffer_info()[0], 0,
+        NVME_SMART_LOG_SIZE, NVME_SMART_CDW10, 0, 0, 0, 0, 0, 0, 0))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, NVME_IOCTL_ADMIN_CMD, command, True)
+    finally:
+        os.close(fd)
+    return page.tobytes()
+
+
+def block_device_node(host, sysdir):
+    """The /dev node of a sysfs block device directory, or None."""
+    name = parse_uevent(host.read_text(sysdir + "/uevent", "")).get("DEVNAME")
+    return "/dev/" + name if name else None
+
+
+def is_partition_of(disk, name):
+    """True if ``name`` is a partition directory of ``disk``: <disk><N> or <disk>p<N>."""
+    if not name.startswith(disk):
+        return False
+    rest = name[len(disk):]
+    return rest[:1].isdigit() or rest[:1] == "p" and rest[1:2].isdigit()
+
+
+def disk_info(host, name):
+    """The GuestDiskInfo entries of one /sys/block entry (the disk, then its partitions), or
+    [] for an empty device (size 0: an unused loop or zram device) or one without a node."""
+    sysdir = SYS_BLOCK + "/" + name
+    node = block_device_node(host, sysdir)
+    if host.read_text(sysdir + "/size") in (None, "0\n") or node is None:
+        return []
+    disk = OrderedDict([("name", node)])
+    syspath = host.realpath(sysdir)
+    address = None
+    if VIRTUAL_BLOCK_MARK not in syspath:
+        address = disk_address(host, syspath)
+    if address is not None and address["bus-type"] == "nvme":
+        try:
+            disk["smart"] = parse_nvme_smart_log(read_nvme_smart_log(host.path(node)))
+        except (OSError, IOError, struct.error):
+            pass
+    slaves = readdir(host, sysdir + "/slaves")
+    if slaves is not None:
+        nodes = [block_device_node(host, sysdir + "/slaves/" + slave) for slave in slaves]
+        disk["dependencies"] = [dep for dep in reversed(nodes) if dep]
+    disk["partition"] = False
+    if address is not None:
+        disk["address"] = address
+    uevent = parse_uevent(host.read_text(sysdir + "/uevent", ""))
+    udev = udev_properties(host, uevent)
+    alias = udev.get("DM_NAME") if udev is not None else host.read_attr(sysdir + "/dm/name")
+    if alias:
+        disk["alias"] = alias
+    entries = [disk]
+    for part in readdir(host, sysdir) or ():
+        part_dir = sysdir + "/" + part
+        if not is_partition_of(name, part) or not os.path.isdir(host.path(part_dir)) \
+                or os.path.islink(host.path(part_dir)):
+            continue
+        part_node = block_device_node(host, part_dir)
+        if part_node:
+            entries.append(OrderedDict([("name", part_node), ("dependencies", [node]),
+                                        ("partition", True)]))
+    return entries
+
+
+@command("guest-get-disks", returns=["GuestDiskInfo"])
+def guest_get_disks(agent):
+    """guest-get-disks: every block device and partition with its dependencies and address."""
+    host = agent.host
+    try:
+        names = os.listdir(host.path(SYS_BLOCK))
+    except OSError as exc:
+        raise QgaError('Can\'t open directory "%s": %s' % (SYS_BLOCK, os_error_text(exc)))
+    disks = []
+    for name in names:
+        if os.path.islink(host.path(SYS_BLOCK + "/" + name)):
+            disks.extend(disk_info(host, name))
+    disks.reverse()
+    return disks
 
 # (end of disks commands)
 
@@ -3135,6 +3873,74 @@ def guest_ssh_remove_authorized_keys(agent, username, keys):
 
 # -- Statistics: guest-get-diskstats, guest-get-cpustats, guest-get-load -------------------
 
+_C_UNSIGNED = re.compile(r"[+-]?[0-9]+")
+
+
+def scan_unsigned(token):
+    """C's ``%lu`` on one token: (value, whether the whole token was a number), or
+    (None, False).  Negative numbers wrap and too large ones saturate, as strtoul does."""
+    match = _C_UNSIGNED.match(token)
+    if match is None:
+        return None, False
+    value = int(match.group())
+    value = UINT64_MAX if abs(value) > UINT64_MAX else value & UINT64_MAX
+    return value, match.end() == len(token)
+
+
+def scan_diskstats_line(line):
+    """The fields sscanf("%u %u %s %lu %lu ...") converts from a line: up to 20, in order,
+    ending at the first that is not a number (a number followed by junk still counts)."""
+    fields = []
+    for index, token in enumerate(line.split()[:20]):
+        if index == 2:
+            fields.append(token)
+            continue
+        value, whole = scan_unsigned(token)
+        if value is None:
+            break
+        fields.append(value)
+        if not whole:
+            break
+    return fields
+
+
+def parse_diskstats(text):
+    """GuestDiskStatsInfo for every /proc/diskstats line, in file order.
+
+    qemu-ga scans each line with sscanf: fields are taken until the first that is not a number.
+    Lines with fewer than four values are skipped; four values are the old partition format
+    (read ios and sectors, write ios and sectors); otherwise the stats have 11, 15 (+ discard)
+    or 17 (+ flush) columns, whichever the line has in full, and none if it has fewer than 11.
+    """
+    infos = []
+    for line in text.split("\n"):
+        fields = scan_diskstats_line(line)
+        if len(fields) < 7:
+            continue
+        values = fields[3:]
+        if len(values) == 4:
+            stats = dict(zip(("read-ios", "read-sectors", "write-ios", "write-sectors"), values))
+        else:
+            count = max([n for n in DISKSTATS_GROUPS if n <= len(values)] or [0])
+            stats = {name: value & 0xFFFFFFFF if narrow else value
+                     for (name, narrow), value in zip(DISKSTATS_COLUMNS[:count], values)}
+        infos.append(OrderedDict([
+            ("name", fields[2]),
+            ("stats", OrderedDict((k, stats[k]) for k in DISKSTATS_KEY_ORDER if k in stats)),
+            ("minor", fields[1] & 0xFFFFFFFF), ("major", fields[0] & 0xFFFFFFFF)]))
+    return infos
+
+
+@command("guest-get-diskstats", returns=["GuestDiskStatsInfo"])
+def guest_get_diskstats(agent):
+    """guest-get-diskstats: the I/O counters of every block device and partition."""
+    try:
+        text = agent.host.read_bytes(DISKSTATS_PATH).decode("utf-8", "replace")
+    except (OSError, IOError) as exc:
+        raise QgaError('open("%s"): %s' % (DISKSTATS_PATH, os_error_text(exc)))
+    return parse_diskstats(text)
+
+
 _CPU_STAT_LINE = re.compile(r"cpu([0-9]+)\Z")
 _UNSIGNED = re.compile(r"[0-9]+\Z")
 _CPU_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
@@ -4066,6 +4872,7 @@ def start_agent(agent):
             state.ensure()
     except (OSError, IOError) as exc:
         raise UsageError("failed to load persistent state: %s" % os_error_text(exc))
+    fsfreeze_start(agent)
 
 
 def self_test(config):
