@@ -1362,34 +1362,44 @@ def find_helper(host, name):
 
 
 def run_helper(host, argv, stdin_data=None):
-    """Run helper program ``argv[0]`` to its end: (status, output), or None if it is missing.
+    """Run helper program ``argv[0]`` (looked up with find_helper) to its end.
 
-    ``status`` is the exit status, -N when signal N ended it, 127 when it could not be
-    started.  The child runs in its own session with default signal dispositions, no agent
-    fds and stdin on /dev/null or ``stdin_data``.  Its output goes to a temporary file,
-    not a pipe, so a daemon it leaves behind cannot hold the agent up; a helper still running
-    after HELPER_TIMEOUT is killed with its process group.
+    (status, output) as run_program gives them, (127, why) when it could not be started, or
+    None when it is missing.
     """
-    import subprocess
-    import tempfile
     path = find_helper(host, argv[0])
     if path is None:
         return None
-    argv = [os.path.basename(argv[0])] + list(argv[1:])
+    try:
+        return run_program(path, [os.path.basename(argv[0])] + list(argv[1:]), host.environ,
+                           stdin_data, timeout=HELPER_TIMEOUT)
+    except OSError as exc:
+        return 127, "failed to execute '%s': %s" % (path, os_error_text(exc))
+
+
+def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
+    """Run the program at ``path`` to its end: (status, output); OSError if it cannot start.
+
+    This is the one place the agent starts a helper (guest-exec children are apart: they run
+    alongside the agent).  ``status`` is the exit status, or -N when signal N ended it.  The
+    child runs in its own session with default signal dispositions, no agent fds and stdin
+    on /dev/null or ``stdin_data``.  Its output goes to a temporary file, not a pipe, so a
+    daemon it leaves behind cannot hold the agent up; a child still running after
+    ``timeout`` seconds (None: no limit) is killed with its process group.
+    """
+    import subprocess
+    import tempfile
     try:
         output = tempfile.TemporaryFile()
     except OSError:                     # no writable temporary directory: output is only logged
         output = open(os.devnull, "w+b")
     with output:
+        child = subprocess.Popen(
+            argv, executable=path, env=None if environ is None else dict(environ),
+            close_fds=True, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
         try:
-            child = subprocess.Popen(
-                argv, executable=path, env=dict(host.environ), close_fds=True,
-                start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
-        except OSError as exc:
-            return 127, "failed to execute '%s': %s" % (path, os_error_text(exc))
-        try:
-            child.communicate(stdin_data, timeout=HELPER_TIMEOUT)
+            child.communicate(stdin_data, timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
@@ -2309,10 +2319,9 @@ def thaw_mounts(host, mounts):
 def run_fsfreeze_hook(agent, action):
     """Run the -F hook with ``freeze`` or ``thaw`` and wait for it (no timeout, as qemu-ga).
 
-    The hook runs in its own session with stdio on /dev/null; its failure is a QgaError in
-    qemu-ga 7.2's words.  Without -F nothing runs.
+    The hook runs as every helper does (run_program); its failure is a QgaError in qemu-ga
+    7.2's words.  Without -F nothing runs.
     """
-    # TODO(merge): use run_helper
     hook = agent.config.fsfreeze_hook
     if not hook:
         return
@@ -2324,18 +2333,15 @@ def run_fsfreeze_hook(agent, action):
             code = exc.errno
         raise QgaError("can't access fsfreeze hook '%s': %s" % (hook, os.strerror(code)))
     agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
-    import subprocess
     try:
-        # executable: a bare name is a file in the current directory (execl), not a PATH search
-        child = subprocess.Popen([hook, action], executable=os.path.abspath(hook),
-                                 stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 close_fds=True, start_new_session=True)
-        status = child.wait()
+        # A bare name is a file in the current directory (execl), never a PATH search.
+        status, output = run_program(os.path.abspath(hook), [hook, action])
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.ENOMEM):
             raise QgaError("failed to create child process: %s" % os_error_text(exc))
-        status = 1          # the exec failed: qemu-ga's child exits with status 1
+        status, output = 1, os_error_text(exc)  # the exec failed: qemu-ga's child exits 1
+    if status:
+        agent.log.debug("fsfreeze hook output: %s" % output)
     if status < 0:
         raise QgaError("fsfreeze hook has terminated abnormally")
     if status:
