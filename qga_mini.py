@@ -353,6 +353,14 @@ class Host(object):
         except (OSError, IOError):
             return default
 
+    def read_required(self, path):
+        """A file's text; a QgaError in qemu-ga's words (``open("<path>"): <strerror>``) if
+        it cannot be read."""
+        try:
+            return self.read_bytes(path).decode("utf-8", "replace")
+        except (OSError, IOError) as exc:
+            raise QgaError('open("%s"): %s' % (path, os_error_text(exc)))
+
     def read_attr(self, path, default=None):
         """A sysfs attribute: the file's text without the trailing newline."""
         text = self.read_text(path)
@@ -3940,11 +3948,7 @@ def parse_diskstats(text):
 @command("guest-get-diskstats", returns=["GuestDiskStatsInfo"])
 def guest_get_diskstats(agent):
     """guest-get-diskstats: the I/O counters of every block device and partition."""
-    try:
-        text = agent.host.read_bytes(DISKSTATS_PATH).decode("utf-8", "replace")
-    except (OSError, IOError) as exc:
-        raise QgaError('open("%s"): %s' % (DISKSTATS_PATH, os_error_text(exc)))
-    return parse_diskstats(text)
+    return parse_diskstats(agent.host.read_required(DISKSTATS_PATH))
 
 
 _CPU_STAT_LINE = re.compile(r"cpu([0-9]+)\Z")
@@ -3983,11 +3987,8 @@ def parse_proc_stat(text, clock_ticks):
 @command("guest-get-cpustats", returns=["GuestCpuStats"])
 def guest_get_cpustats(agent):
     """guest-get-cpustats: per-CPU times from /proc/stat in milliseconds (qemu-ga's unit)."""
-    try:
-        text = agent.host.read_bytes(PROC_STAT).decode("ascii", "replace")
-    except (OSError, IOError) as exc:
-        raise QgaError('open("%s"): %s' % (PROC_STAT, os_error_text(exc)))
-    entries, complete = parse_proc_stat(text, os.sysconf("SC_CLK_TCK"))
+    entries, complete = parse_proc_stat(agent.host.read_required(PROC_STAT),
+                                        os.sysconf("SC_CLK_TCK"))
     if not complete:
         agent.log.warning('Parsing cpu stat from %s failed, see "man proc"' % PROC_STAT)
     return entries
