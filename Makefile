@@ -16,6 +16,9 @@ vermin:  ## check statically that qga_mini.py runs on Python 3.6+ (pip install v
 	$(PYTHON) -c 'import sys; from vermin.main import main; sys.argv = ["vermin"] + sys.argv[1:]; sys.exit(main())' \
 		-t=3.6- --violations --no-tips qga_mini.py
 
+bench:  ## qga-mini and qemu-ga side by side: start-up, RSS, throughput, latency
+	$(PYTHON) bench/bench.py --json bench/results.json
+
 vm-test:  ## boot a busybox+python guest under QEMU and drive the agent like real hosts
 	bash tests/vm/run.sh
 

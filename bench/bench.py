@@ -1,0 +1,1192 @@
+#!/usr/bin/env python3
+"""Benchmark qga-mini against the real qemu-ga, side by side, in one run.
+
+Usage (from the repository root):
+
+    /usr/bin/python3 bench/bench.py                 # full run, table on stdout
+    /usr/bin/python3 bench/bench.py --quick         # few rounds (CI smoke)
+    /usr/bin/python3 bench/bench.py --only ping,exec --json /tmp/bench.json
+
+Both agents run as real processes on a unix socket in a fresh temporary state directory:
+
+    qga-mini:  /usr/bin/python3 qga_mini.py -m unix-listen -p SOCK -t STATEDIR
+    qemu-ga:   qemu-ga -m unix-listen -p SOCK -t STATEDIR
+
+Use /usr/bin/python3 (not a pyenv shim, which adds ~270 ms to every start) both to run this
+script and as the interpreter of the agent (`--python`).
+
+Method
+------
+* Every figure is measured in rounds; each round measures both agents, and the order alternates
+  (A/B, B/A, ...) so that drift of the machine hits both alike. The table shows the median of
+  the rounds; `--json FILE` saves every raw number.
+* Figures that need a quiet process (start-up, idle RSS, peak RSS of a bulk transfer) start a
+  fresh agent for every measurement: peak RSS is the process's VmHWM (/proc/PID/status) right
+  after that one operation. The other figures use one long-lived agent per side.
+* Times are wall-clock, from the first byte sent to the last byte (the `\\n`) of the reply, with
+  no client-side parsing inside the timed span.
+* The bench runs on one CPU and the agents on another (`--pin split`, like a host and a guest):
+  left to the scheduler, request round trips change by 2x with whether client and agent happen
+  to share a CPU. `--pin same` puts all on one CPU (CPU cost per request), `--pin none` neither.
+* "ours/qemu-ga" is the ratio of the two medians; each row says whether higher or lower is better
+  and states its target. Missed targets are reported, never a failure: the exit status is 0
+  unless the harness itself broke (1) or the command line is wrong (2).
+* A figure whose command qga-mini answers with CommandNotFound prints `n/a (not implemented)`.
+  An agent that times out, closes the socket or dies gets `error (...)` in its column, is
+  restarted, and the run goes on. Every socket operation has a timeout; all agent processes
+  and temporary files are removed on exit (also on Ctrl-C / SIGTERM).
+
+Figures (names for --only; groups: core, files, inspect, all)
+-------------------------------------------------------------
+startup       spawn to first guest-ping reply; target: qga-mini <= bare `python3 -c pass` + 15 ms
+idle_rss      VmRSS after start-up and one ping; target <= 12 MiB
+              (both also shown, for information, for our agent started from cached bytecode,
+              `python3 -c "import qga_mini; qga_mini.main()"`: `python3 qga_mini.py` compiles
+              the whole file at every start, which costs time and leaves memory behind)
+ping          sequential guest-ping round trips/s on one connection; target >= 1x qemu-ga
+pipeline      10,000 guest-ping requests written in one go, all replies read; target >= 1x
+ingest        time to ingest a 16 MiB and a 64 MiB request (one huge string argument, sent in
+              4 KiB writes, answered with an error); the 64/16 time ratio of the fastest
+              rounds must be ~4 (linear; the target allows up to 5)
+read          guest-file-read of a 48 MiB file in one call: MiB/s (>= 10x) and peak RSS (<= 1x;
+              also shown: the RSS growth during the operation, VmHWM minus VmRSS before it)
+read_chunked  the same file in 1 MiB reads until eof: MiB/s (>= 2x) and peak RSS (<= 1x)
+write         guest-file-write of a 16 MiB payload in one call: MiB/s (>= 5x), peak RSS (<= 1x)
+exec          guest-exec /bin/true, then guest-exec-status until exited; target <= 1.5x time
+fsinfo, interfaces, vcpus, diskstats, cpustats
+              per-call latency of guest-get-fsinfo, guest-network-get-interfaces,
+              guest-get-vcpus, guest-get-diskstats, guest-get-cpustats; target <= 3x time
+"""
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+MiB = 1 << 20
+QEMU_GA_LABEL = "qemu-ga"
+OURS_LABEL = "qga-mini"
+DEFAULT_PYTHON = "/usr/bin/python3"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+START_TIMEOUT = 10.0        # seconds for an agent to accept and answer its first ping
+CALL_TIMEOUT = 10.0         # seconds for an ordinary request
+BULK_TIMEOUT = 120.0        # seconds for a bulk transfer (64 MiB ingest, 48 MiB read)
+STARTUP_SETTLE = 0.1        # seconds of idling before VmRSS is read
+CONNECT_POLL = 0.0005       # seconds between connect attempts while an agent starts
+
+READ_FILE_SIZE = 48 * MiB   # qemu-ga's maximum count for one guest-file-read
+READ_CHUNK = 1 * MiB
+WRITE_SIZE = 16 * MiB
+INGEST_SIZES = (16 * MiB, 64 * MiB)
+INGEST_WRITE = 4096
+# A message may hold at most 64 MiB of tokens (accumulated + token + 1 > 64 MiB is refused), so
+# the "64 MiB" request is 256 bytes short of it; the 16 MiB one is cut the same for a fair ratio.
+INGEST_SLACK = 256
+PIPELINE_PING = b'{"execute":"guest-ping"}\n'
+
+# Rounds per figure: (normal, --quick). Each round measures both agents once.
+ROUNDS = {
+    "startup": (15, 3),
+    "ping": (7, 2),
+    "pipeline": (7, 2),
+    "ingest": (3, 1),
+    "read": (5, 1),
+    "read_chunked": (5, 1),
+    "write": (5, 1),
+    "exec": (5, 2),
+    "inspect": (5, 2),
+}
+PING_COUNT = (3000, 300)
+PIPELINE_COUNT = (10000, 10000)
+EXEC_COUNT = (20, 5)
+INSPECT_COUNT = (40, 5)
+
+INSPECT_COMMANDS = [
+    ("fsinfo", "guest-get-fsinfo"),
+    ("interfaces", "guest-network-get-interfaces"),
+    ("vcpus", "guest-get-vcpus"),
+    ("diskstats", "guest-get-diskstats"),
+    ("cpustats", "guest-get-cpustats"),
+]
+
+# Rows of the table: key, figure (for --only), label, unit, better, target.
+# target: None (information only), ("ratio>=", x), ("ratio<=", x), ("abs<=", x), ("bare+", ms)
+ROWS = [
+    ("startup_ms", "startup", "start-to-first-reply", "ms", "lower", ("bare+", 15.0)),
+    ("bare_ms", "startup", "  bare python3 -c pass (baseline)", "ms", "lower", None),
+    ("cached_ms", "startup", "  same, bytecode cached (import qga_mini)", "ms", "lower", None),
+    ("idle_rss", "idle_rss", "idle RSS (VmRSS)", "MiB", "lower", ("abs<=", 12.0)),
+    ("cached_rss", "idle_rss", "  same, bytecode cached (import qga_mini)", "MiB", "lower", None),
+    ("ping_rps", "ping", "sequential ping round trips", "1/s", "higher", ("ratio>=", 1.0)),
+    ("pipe_rps", "pipeline", "pipelined pings, 10000 in one write", "1/s", "higher",
+     ("ratio>=", 1.0)),
+    ("ingest16_ms", "ingest", "ingest 16 MiB request (4 KiB writes)", "ms", "lower", None),
+    ("ingest64_ms", "ingest", "ingest 64 MiB request (4 KiB writes)", "ms", "lower", None),
+    ("ingest_linear", "ingest", "  64 MiB / 16 MiB time, best rounds (4 = linear)", "x", "lower",
+     ("abs<=", 5.0)),
+    ("read1_mibs", "read", "file-read 48 MiB, one call", "MiB/s", "higher", ("ratio>=", 10.0)),
+    ("read1_hwm", "read", "  peak RSS (VmHWM), one-call read", "MiB", "lower", ("ratio<=", 1.0)),
+    ("read1_growth", "read", "  RSS growth during the read", "MiB", "lower", None),
+    ("readc_mibs", "read_chunked", "file-read 48 MiB, 1 MiB chunks", "MiB/s", "higher",
+     ("ratio>=", 2.0)),
+    ("readc_hwm", "read_chunked", "  peak RSS (VmHWM), chunked read", "MiB", "lower",
+     ("ratio<=", 1.0)),
+    ("readc_growth", "read_chunked", "  RSS growth during the reads", "MiB", "lower", None),
+    ("write_mibs", "write", "file-write 16 MiB, one call", "MiB/s", "higher", ("ratio>=", 5.0)),
+    ("write_hwm", "write", "  peak RSS (VmHWM), one-call write", "MiB", "lower",
+     ("ratio<=", 1.0)),
+    ("write_growth", "write", "  RSS growth during the write", "MiB", "lower", None),
+    ("exec_ms", "exec", "exec /bin/true + status until exited", "ms", "lower",
+     ("ratio<=", 1.5)),
+] + [
+    (name + "_ms", name, command + " per call", "ms", "lower", ("ratio<=", 3.0))
+    for name, command in INSPECT_COMMANDS
+]
+
+FIGURES = ["startup", "idle_rss", "ping", "pipeline", "ingest", "read", "read_chunked", "write",
+           "exec"] + [name for name, _ in INSPECT_COMMANDS]
+GROUPS = {
+    "core": ["startup", "idle_rss", "ping", "pipeline", "ingest"],
+    "files": ["read", "read_chunked", "write"],
+    "inspect": [name for name, _ in INSPECT_COMMANDS],
+    "all": FIGURES,
+}
+
+
+class AgentError(Exception):
+    """The agent under test misbehaved: timeout, hang-up, crash or an unexpected reply."""
+
+
+class NotImplementedByAgent(Exception):
+    """The agent answered CommandNotFound for a command the figure needs."""
+
+
+# --------------------------------------------------------------------------- processes
+
+LIVE_AGENTS = set()
+AGENT_CPUS = None   # set of CPUs for the agents (--pin), None: wherever the scheduler likes
+
+
+def read_status_kib(pid, key):
+    """Return a `VmXXX:` value of /proc/PID/status in KiB."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError as e:
+        raise AgentError("cannot read /proc/%d/status: %s" % (pid, e))
+    raise AgentError("no %s in /proc/%d/status" % (key, pid))
+
+
+class RecvBuffer:
+    """One receive buffer shared by every connection (the client reads one reply at a time).
+
+    Bulk replies (a 48 MiB read is a 64 MiB line) are received with recv_into into this
+    pre-faulted buffer: no reallocation or extra copy inside the timed span, so the client can
+    take in about 5 GiB/s and does not cap the agents' figures."""
+
+    buf = bytearray(1 << 20)
+
+    @classmethod
+    def reserve(cls, size):
+        if len(cls.buf) < size:
+            cls.buf = bytearray(size)   # zero-filled, so its pages are faulted in now
+
+
+class Conn:
+    """One client connection: raw bytes out, reply lines in, a timeout on everything."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = b""   # bytes received after the last reply line
+
+    def settimeout(self, seconds):
+        self.sock.settimeout(seconds)
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise AgentError("timeout while sending (agent stopped reading)")
+        except OSError as e:
+            raise AgentError("send failed: %s" % e)
+
+    def read_line(self, full=True):
+        """Return (reply line without its newline, perf_counter when the newline arrived).
+
+        With full=False only the first and last 256 bytes of a long line are returned (joined
+        by NUL): enough to find the small keys around a bulk buf-b64 without copying it."""
+        buf = RecvBuffer.buf
+        end = len(self.pending)
+        buf[:end] = self.pending
+        i = buf.find(b"\n", 0, end)
+        while i < 0:
+            if end == len(buf):
+                bigger = bytearray(2 * len(buf))
+                bigger[:end] = buf[:end]
+                RecvBuffer.buf = buf = bigger
+            try:
+                n = self.sock.recv_into(memoryview(buf)[end:])
+            except socket.timeout:
+                raise AgentError("timeout waiting for a reply")
+            except OSError as e:
+                raise AgentError("receive failed: %s" % e)
+            if not n:
+                raise AgentError("agent closed the connection")
+            i = buf.find(b"\n", end, end + n)
+            end += n
+        t = time.perf_counter()
+        self.pending = bytes(buf[i + 1:end])
+        view = memoryview(buf)
+        if full or i <= 512:
+            line = bytes(view[:i])
+        else:
+            line = bytes(view[:256]) + b"\0" + bytes(view[i - 256:i])
+        view.release()
+        return line, t
+
+    def call(self, execute, arguments=None, timeout=CALL_TIMEOUT):
+        """Send one request, return its `return` value; QAPI errors become exceptions."""
+        request = {"execute": execute}
+        if arguments is not None:
+            request["arguments"] = arguments
+        self.settimeout(timeout)
+        self.send(json.dumps(request).encode() + b"\n")
+        line, _ = self.read_line()
+        return parse_reply(line, execute)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def parse_reply(line, execute):
+    try:
+        reply = json.loads(line.lstrip(b"\xff").decode("ascii", "replace"))
+    except ValueError:
+        raise AgentError("unparsable reply to %s: %r" % (execute, line[:120]))
+    if not isinstance(reply, dict):
+        raise AgentError("reply to %s is not an object: %r" % (execute, line[:120]))
+    if "error" in reply:
+        err = reply["error"] or {}
+        if err.get("class") == "CommandNotFound":
+            raise NotImplementedByAgent(execute)
+        raise AgentError("%s failed: %s: %s" % (execute, err.get("class"), err.get("desc")))
+    if "return" not in reply:
+        raise AgentError("reply to %s has no return: %r" % (execute, line[:120]))
+    return reply["return"]
+
+
+class Agent:
+    """One agent process in its own temporary directory (socket, state dir, log)."""
+
+    def __init__(self, argv_prefix, workroot, tag):
+        self.dir = tempfile.mkdtemp(prefix=tag + "-", dir=workroot)
+        self.sock_path = os.path.join(self.dir, "q.sock")
+        self.state_dir = os.path.join(self.dir, "state")
+        os.mkdir(self.state_dir)   # qemu-ga refuses a missing state dir
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.argv = list(argv_prefix) + ["-m", "unix-listen", "-p", self.sock_path,
+                                         "-t", self.state_dir]
+        self.proc = None
+        self.t_spawn = None
+
+    def spawn(self):
+        log = open(self.log_path, "wb")
+        try:
+            self.t_spawn = time.perf_counter()
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log,
+                                         start_new_session=True, cwd=self.dir)
+        except OSError as e:
+            raise AgentError("cannot start %s: %s" % (self.argv[0], e))
+        finally:
+            log.close()
+        LIVE_AGENTS.add(self)
+        if AGENT_CPUS:
+            try:
+                os.sched_setaffinity(self.proc.pid, AGENT_CPUS)
+            except OSError:
+                pass
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log_tail(self, n=300):
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        text = data[-n:].decode("utf-8", "replace").strip()
+        return (" | stderr: " + " / ".join(text.splitlines()[-3:])) if text else ""
+
+    def connect(self, timeout=START_TIMEOUT):
+        """Connect as soon as the agent listens; raise AgentError if it dies or never listens."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.sock_path)
+                s.settimeout(CALL_TIMEOUT)
+                return Conn(s)
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+            except OSError as e:
+                s.close()
+                raise AgentError("connect failed: %s" % e)
+            if self.proc.poll() is not None:
+                raise AgentError("agent exited with status %s before listening%s"
+                                 % (self.proc.returncode, self.log_tail()))
+            if time.perf_counter() > deadline:
+                raise AgentError("agent did not listen within %.0f s%s"
+                                 % (timeout, self.log_tail()))
+            time.sleep(CONNECT_POLL)
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            raise AgentError("agent died with status %s%s"
+                             % (self.proc.returncode, self.log_tail()))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                try:
+                    self.proc.kill()
+                except OSError:
+                    pass
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        LIVE_AGENTS.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop_all_agents():
+    for agent in list(LIVE_AGENTS):
+        agent.stop()
+
+
+class Side:
+    """One column of the table: how to start that agent, plus its long-lived instance."""
+
+    def __init__(self, label, argv_prefix, workroot):
+        self.label = label
+        self.argv_prefix = argv_prefix
+        self.workroot = workroot
+        self.warm_agent = None
+        self.warm_conn = None
+        self.version = None
+
+    def fresh(self):
+        """Start a new agent; return (agent, connection, seconds from spawn to first reply)."""
+        agent = Agent(self.argv_prefix, self.workroot, self.label)
+        conn = None
+        try:
+            agent.spawn()
+            conn = agent.connect()
+            conn.settimeout(START_TIMEOUT)
+            conn.send(b'{"execute":"guest-ping"}\n')
+            line, t_reply = conn.read_line()
+            parse_reply(line, "guest-ping")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            agent.stop()
+            raise
+        return agent, conn, t_reply - agent.t_spawn
+
+    def warm(self):
+        if self.warm_agent is None:
+            agent, conn, _ = self.fresh()
+            self.warm_agent, self.warm_conn = agent, conn
+            if self.version is None:
+                try:
+                    self.version = conn.call("guest-info")["version"]
+                except (AgentError, NotImplementedByAgent, KeyError, TypeError):
+                    self.version = "?"
+        return self.warm_agent, self.warm_conn
+
+    def drop_warm(self):
+        if self.warm_conn is not None:
+            self.warm_conn.close()
+        if self.warm_agent is not None:
+            self.warm_agent.stop()
+        self.warm_agent = self.warm_conn = None
+
+
+# --------------------------------------------------------------------------- figures
+
+class Bench:
+    def __init__(self, args, sides, workroot):
+        self.args = args
+        self.quick = args.quick
+        self.sides = sides
+        self.workroot = workroot
+        self.python = args.python
+        # results[row_key][side_label] = {"values": [...], "status": None | text}
+        self.results = {key: {s.label: {"values": [], "status": None} for s in sides}
+                        for key, *_ in ROWS}
+        self.notes = []
+        self.harness_broke = False
+        self.data_dir = tempfile.mkdtemp(prefix="data-", dir=workroot)
+        self.read_file = None
+
+    def count(self, pair):
+        return pair[1] if self.quick else pair[0]
+
+    def rounds(self, figure):
+        if self.args.rounds:
+            return self.args.rounds
+        return self.count(ROUNDS[figure])
+
+    def record(self, side, values):
+        for key, value in values.items():
+            self.results[key][side.label]["values"].append(value)
+
+    def mark(self, side, keys, status):
+        for key in keys:
+            cell = self.results[key][side.label]
+            if cell["status"] is None:
+                cell["status"] = status
+
+    def alternate(self, figure, keys, measure, rounds_key=None):
+        """Run measure(side, round) for every round and side, alternating the order."""
+        failed = set()
+        for r in range(self.rounds(rounds_key or figure)):
+            order = self.sides if r % 2 == 0 else self.sides[::-1]
+            for side in order:
+                if side.label in failed:
+                    continue
+                try:
+                    self.record(side, measure(side, r))
+                except NotImplementedByAgent as e:
+                    self.mark(side, keys, "n/a (not implemented)")
+                    self.notes.append("%s: %s answers CommandNotFound for %s"
+                                      % (figure, side.label, e))
+                    failed.add(side.label)
+                except AgentError as e:
+                    self.mark(side, keys, "error (see notes)")
+                    if side.warm_agent is not None and side.warm_agent.proc.poll() is not None:
+                        e = "%s; agent exited with status %s%s" % (
+                            e, side.warm_agent.proc.returncode, side.warm_agent.log_tail())
+                    self.notes.append("%s: %s: %s" % (figure, side.label, e))
+                    failed.add(side.label)
+                    side.drop_warm()
+
+    # -- start-up and idle memory ---------------------------------------------------------
+
+    def fig_startup(self):
+        keys = ["startup_ms", "bare_ms", "cached_ms", "idle_rss", "cached_rss"]
+        cached = self.cached_bytecode_side()
+
+        def measure(side, r):
+            values = {}
+            if side.label == OURS_LABEL and r % 2 == 1:
+                values.update(self.startup_extras(cached))
+            agent, conn, seconds = side.fresh()
+            try:
+                time.sleep(STARTUP_SETTLE)
+                agent.check_alive()
+                rss = read_status_kib(agent.pid, "VmRSS") / 1024.0
+            finally:
+                conn.close()
+                agent.stop()
+            values.update({"startup_ms": seconds * 1000.0, "idle_rss": rss})
+            # The baselines run next to our agent, before or after it in turn.
+            if side.label == OURS_LABEL and r % 2 == 0:
+                values.update(self.startup_extras(cached))
+            return values
+
+        self.alternate("startup", keys, measure)
+
+    def startup_extras(self, cached):
+        values = {"bare_ms": self.bare_python_ms()}
+        if cached is not None:
+            try:
+                agent, conn, seconds = cached.fresh()
+            except (AgentError, NotImplementedByAgent) as e:
+                self.notes.append("startup: bytecode-cached start failed: %s" % e)
+                return values
+            try:
+                time.sleep(STARTUP_SETTLE)
+                agent.check_alive()
+                values["cached_rss"] = read_status_kib(agent.pid, "VmRSS") / 1024.0
+            except AgentError as e:
+                self.notes.append("startup: bytecode-cached agent: %s" % e)
+            finally:
+                conn.close()
+                agent.stop()
+            values["cached_ms"] = seconds * 1000.0
+        return values
+
+    def cached_bytecode_side(self):
+        """A side that starts our agent from cached bytecode (`import qga_mini; main()`).
+
+        `python3 qga_mini.py` compiles the whole file at every start (a script's bytecode is
+        never cached); this shows what start-up would be without that compile. The copy and
+        its __pycache__ live in the bench's temporary directory, not in the work tree."""
+        if self.args.ours_cmd or not os.path.exists(self.args.agent):
+            return None
+        if not any(s.label == OURS_LABEL for s in self.sides):
+            return None
+        import py_compile
+        libdir = tempfile.mkdtemp(prefix="pyc-", dir=self.workroot)
+        module = os.path.join(libdir, "qga_mini.py")
+        shutil.copyfile(self.args.agent, module)
+        try:
+            py_compile.compile(module, doraise=True)
+        except py_compile.PyCompileError as e:
+            self.notes.append("startup: cannot byte-compile qga_mini.py: %s" % e)
+            return None
+        code = ("import sys; sys.path.insert(0, %r); import qga_mini; "
+                "sys.exit(qga_mini.main())" % libdir)
+        return Side(OURS_LABEL + "-pyc", [self.python, "-c", code], self.workroot)
+
+    def bare_python_ms(self):
+        """Time of a bare `python3 -c pass`, spawned like the agents (same Popen options).
+
+        Popen.wait(timeout) polls with growing sleeps (0.5, 1, 2, 4 ms ...), which would add
+        up to ~6 ms; a blocking wait with a watchdog timer measures the real exit time."""
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([self.python, "-c", "pass"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, cwd=self.workroot)
+        if AGENT_CPUS:
+            try:
+                os.sched_setaffinity(proc.pid, AGENT_CPUS)
+            except OSError:
+                pass
+        watchdog = threading.Timer(START_TIMEOUT, proc.kill)
+        watchdog.start()
+        try:
+            proc.wait()
+        finally:
+            watchdog.cancel()
+        t1 = time.perf_counter()
+        if proc.returncode != 0:
+            raise AgentError("bare python exited with status %s" % proc.returncode)
+        return (t1 - t0) * 1000.0
+
+    # -- request throughput ---------------------------------------------------------------
+
+    def fig_ping(self):
+        n = self.count(PING_COUNT)
+        request = b'{"execute":"guest-ping"}\n'
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            conn.settimeout(CALL_TIMEOUT)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                conn.send(request)
+                line, t1 = conn.read_line()
+                if line != b'{"return": {}}':
+                    parse_reply(line, "guest-ping")
+            return {"ping_rps": n / (t1 - t0)}
+
+        self.alternate("ping", ["ping_rps"], measure)
+
+    def fig_pipeline(self):
+        n = self.count(PIPELINE_COUNT)
+        payload = PIPELINE_PING * n
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            conn.settimeout(CALL_TIMEOUT)
+            errors = []
+
+            def writer():
+                try:
+                    conn.sock.sendall(payload)
+                except OSError as e:
+                    errors.append(e)
+
+            thread = threading.Thread(target=writer, daemon=True)
+            t0 = time.perf_counter()
+            thread.start()
+            seen = 0
+            bad = False
+            tail = b""
+            while seen < n:
+                try:
+                    chunk = conn.sock.recv(1 << 20)
+                except socket.timeout:
+                    raise AgentError("timeout after %d of %d pipelined replies" % (seen, n))
+                except OSError as e:
+                    raise AgentError("receive failed: %s" % e)
+                if not chunk:
+                    raise AgentError("agent closed the connection after %d replies" % seen)
+                seen += chunk.count(b"\n")
+                if b'"error"' in tail + chunk[:16] or b'"error"' in chunk:
+                    bad = True
+                tail = chunk[-16:]
+            t1 = time.perf_counter()
+            thread.join(CALL_TIMEOUT)
+            if errors:
+                raise AgentError("pipelined send failed: %s" % errors[0])
+            if bad or seen != n:
+                raise AgentError("pipelined replies were not all {\"return\": {}}")
+            return {"pipe_rps": n / (t1 - t0)}
+
+        self.alternate("pipeline", ["pipe_rps"], measure)
+
+    def fig_ingest(self):
+        keys = ["ingest16_ms", "ingest64_ms", "ingest_linear"]
+        requests = {}
+        for size in INGEST_SIZES:
+            head = b'{"execute":"guest-ping","arguments":{"x":"'
+            tail = b'"}}\n'
+            body = b"A" * (size - INGEST_SLACK - len(head) - len(tail))
+            requests[size] = head + body + tail
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            out = {}
+            for size in INGEST_SIZES:
+                data = memoryview(requests[size])
+                conn.settimeout(BULK_TIMEOUT)
+                t0 = time.perf_counter()
+                for off in range(0, len(data), INGEST_WRITE):
+                    conn.send(data[off:off + INGEST_WRITE])
+                line, t1 = conn.read_line()
+                if b"limit exceeded" in line or b"parse error" in line:
+                    raise AgentError("%d-byte request refused: %r" % (len(data), line[:160]))
+                if b'"error"' not in line and b'"return"' not in line:
+                    raise AgentError("odd reply to a huge request: %r" % line[:160])
+                out["ingest%d_ms" % (size // MiB)] = (t1 - t0) * 1000.0
+            return out
+
+        self.alternate("ingest", keys, measure)
+        for side in self.sides:
+            cells = self.results
+            a = cells["ingest16_ms"][side.label]["values"]
+            b = cells["ingest64_ms"][side.label]["values"]
+            if a and b:
+                # Linearity is a property of the algorithm: compare the fastest rounds, which
+                # other work on the machine can only have slowed down, not sped up.
+                cells["ingest_linear"][side.label]["values"].append(min(b) / min(a))
+            status = cells["ingest16_ms"][side.label]["status"]
+            if status:
+                self.mark(side, ["ingest_linear"], status)
+
+    # -- file transfer ---------------------------------------------------------------------
+
+    def ensure_read_file(self):
+        if self.read_file is None:
+            path = os.path.join(self.data_dir, "read-48MiB.bin")
+            data = os.urandom(READ_FILE_SIZE)
+            with open(path, "wb") as f:
+                f.write(data)
+            self.read_file = (path, data)
+        return self.read_file
+
+    def open_handle(self, conn, path, mode):
+        handle = conn.call("guest-file-open", {"path": path, "mode": mode})
+        if not isinstance(handle, int):
+            raise AgentError("guest-file-open returned %r" % (handle,))
+        return handle
+
+    def fig_read(self, chunked):
+        figure = "read_chunked" if chunked else "read"
+        prefix = "readc" if chunked else "read1"
+        keys = [prefix + "_mibs", prefix + "_hwm", prefix + "_growth"]
+        path, content = self.ensure_read_file()
+        RecvBuffer.reserve(READ_FILE_SIZE * 3 // 2)   # one 64 MiB base64 line, pre-faulted
+
+        def measure(side, r):
+            agent, conn, _ = side.fresh()
+            try:
+                handle = self.open_handle(conn, path, "r")
+                before = read_status_kib(agent.pid, "VmRSS") / 1024.0
+                conn.settimeout(BULK_TIMEOUT)
+                if chunked:
+                    total, t0, t1 = self.read_chunks(conn, handle)
+                    if total != READ_FILE_SIZE:
+                        raise AgentError("chunked read returned %d bytes, expected %d"
+                                         % (total, READ_FILE_SIZE))
+                else:
+                    request = json.dumps({"execute": "guest-file-read", "arguments": {
+                        "handle": handle, "count": READ_FILE_SIZE}}).encode() + b"\n"
+                    t0 = time.perf_counter()
+                    conn.send(request)
+                    line, t1 = conn.read_line(full=(r == 0))
+                    self.check_read_reply(line, content if r == 0 else None)
+                agent.check_alive()
+                hwm = read_status_kib(agent.pid, "VmHWM") / 1024.0
+                conn.call("guest-file-close", {"handle": handle})
+            finally:
+                conn.close()
+                agent.stop()
+            return {keys[0]: READ_FILE_SIZE / MiB / (t1 - t0), keys[1]: hwm,
+                    keys[2]: hwm - before}
+
+        self.alternate(figure, keys, measure)
+
+    def read_chunks(self, conn, handle):
+        """Read 1 MiB at a time until eof; return (bytes, t0, t1). Only count/eof are parsed."""
+        request = json.dumps({"execute": "guest-file-read", "arguments": {
+            "handle": handle, "count": READ_CHUNK}}).encode() + b"\n"
+        total = 0
+        t0 = time.perf_counter()
+        while True:
+            conn.send(request)
+            line, t1 = conn.read_line(full=False)
+            count, eof = reply_count_eof(line)
+            total += count
+            if eof or count == 0 or total > READ_FILE_SIZE:
+                return total, t0, t1
+
+    def check_read_reply(self, line, content):
+        count, _ = reply_count_eof(line)
+        if count != READ_FILE_SIZE:
+            raise AgentError("one-call read returned %d bytes, expected %d"
+                             % (count, READ_FILE_SIZE))
+        if content is not None:   # decode once per side: the bytes must be the file's
+            value = parse_reply(line, "guest-file-read")
+            if base64.b64decode(value["buf-b64"]) != content:
+                raise AgentError("one-call read returned wrong data")
+
+    def fig_write(self):
+        keys = ["write_mibs", "write_hwm", "write_growth"]
+        payload = os.urandom(WRITE_SIZE)
+        b64 = base64.b64encode(payload).decode("ascii")
+
+        def measure(side, r):
+            agent, conn, _ = side.fresh()
+            target = os.path.join(agent.dir, "written.bin")
+            try:
+                handle = self.open_handle(conn, target, "w")
+                before = read_status_kib(agent.pid, "VmRSS") / 1024.0
+                request = json.dumps({"execute": "guest-file-write", "arguments": {
+                    "handle": handle, "buf-b64": b64}}).encode() + b"\n"
+                conn.settimeout(BULK_TIMEOUT)
+                t0 = time.perf_counter()
+                conn.send(request)
+                line, t1 = conn.read_line()
+                value = parse_reply(line, "guest-file-write")
+                if not isinstance(value, dict) or value.get("count") != WRITE_SIZE:
+                    raise AgentError("guest-file-write returned %r" % (value,))
+                agent.check_alive()
+                hwm = read_status_kib(agent.pid, "VmHWM") / 1024.0
+                conn.call("guest-file-close", {"handle": handle})
+                with open(target, "rb") as f:
+                    if f.read() != payload:
+                        raise AgentError("written file differs from the payload")
+            finally:
+                conn.close()
+                agent.stop()
+            return {"write_mibs": WRITE_SIZE / MiB / (t1 - t0), "write_hwm": hwm,
+                    "write_growth": hwm - before}
+
+        self.alternate("write", keys, measure)
+
+    # -- exec and inspection ---------------------------------------------------------------
+
+    def fig_exec(self):
+        n = self.count(EXEC_COUNT)
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                pid = conn.call("guest-exec", {"path": "/bin/true"})["pid"]
+                deadline = t0 + CALL_TIMEOUT
+                while True:
+                    status = conn.call("guest-exec-status", {"pid": pid})
+                    if status.get("exited"):
+                        break
+                    if time.perf_counter() > deadline:
+                        raise AgentError("/bin/true not reported exited within %.0f s"
+                                         % CALL_TIMEOUT)
+                times.append(time.perf_counter() - t0)
+                if status.get("exitcode") != 0:
+                    raise AgentError("/bin/true reported %r" % (status,))
+            return {"exec_ms": statistics.median(times) * 1000.0}
+
+        self.alternate("exec", ["exec_ms"], measure)
+
+    def fig_inspect(self, name, command):
+        n = self.count(INSPECT_COUNT)
+        key = name + "_ms"
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            conn.call(command)   # warm-up, and CommandNotFound check
+            request = json.dumps({"execute": command}).encode() + b"\n"
+            conn.settimeout(CALL_TIMEOUT)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                conn.send(request)
+                line, t1 = conn.read_line()
+                if not line.startswith(b'{"return"') and b'"return"' not in line:
+                    parse_reply(line, command)
+            return {key: (t1 - t0) / n * 1000.0}
+
+        self.alternate(name, [key], measure, rounds_key="inspect")
+
+    # -- driver ----------------------------------------------------------------------------
+
+    def run(self, figures):
+        steps = []
+        if "startup" in figures or "idle_rss" in figures:
+            steps.append(("startup", self.fig_startup))
+        simple = {"ping": self.fig_ping, "pipeline": self.fig_pipeline,
+                  "ingest": self.fig_ingest, "read": lambda: self.fig_read(False),
+                  "read_chunked": lambda: self.fig_read(True), "write": self.fig_write,
+                  "exec": self.fig_exec}
+        for name in ["ping", "pipeline", "exec"] + [n for n, _ in INSPECT_COMMANDS] + [
+                "ingest", "read", "read_chunked", "write"]:
+            if name not in figures:
+                continue
+            if name in simple:
+                steps.append((name, simple[name]))
+            else:
+                command = dict(INSPECT_COMMANDS)[name]
+                steps.append((name, lambda n=name, c=command: self.fig_inspect(n, c)))
+        for name, step in steps:
+            if not self.args.quiet:
+                print("# running %s ..." % name, file=sys.stderr, flush=True)
+            try:
+                step()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception:
+                self.harness_broke = True
+                self.notes.append("%s: harness error:\n%s" % (name, traceback.format_exc()))
+        for side in self.sides:
+            side.drop_warm()
+
+
+def reply_count_eof(line):
+    """Pull `count` and `eof` out of a guest-file-read reply without decoding the buffer.
+
+    base64 has no quotes, so the key patterns cannot occur inside buf-b64."""
+    if b'"error"' in line[:40] or b'"return"' not in line[:40]:
+        parse_reply(line, "guest-file-read")
+        raise AgentError("unexpected guest-file-read reply: %r" % line[:160])
+    i = line.find(b'"count":')
+    j = line.find(b'"eof":')
+    if i < 0 or j < 0:
+        raise AgentError("guest-file-read reply lacks count or eof: %r" % line[:160])
+    i += len(b'"count":')
+    end = i
+    while end < len(line) and line[end:end + 1] in b" 0123456789":
+        end += 1
+    count = int(line[i:end])
+    eof = line[j + len(b'"eof":'):].lstrip().startswith(b"true")
+    return count, eof
+
+
+# --------------------------------------------------------------------------- report
+
+def median_of(cell):
+    return statistics.median(cell["values"]) if cell["values"] else None
+
+
+def fmt_value(value, unit):
+    if value is None:
+        return "-"
+    if unit == "1/s":
+        return "%.0f" % value
+    if unit in ("MiB/s",):
+        return "%.1f" % value
+    if unit == "x":
+        return "%.2f" % value
+    if unit == "MiB":
+        return "%.1f" % value
+    if value >= 100:
+        return "%.1f" % value
+    return "%.2f" % value if value >= 1 else "%.3f" % value
+
+
+def evaluate(row, q, o, bare, have_qemu):
+    """Return (ratio text, target text, met text) for one row."""
+    key, figure, label, unit, better, target = row
+    ratio = o / q if (o is not None and q) else None
+    ratio_text = ("%.2fx" % ratio) if ratio is not None else "-"
+    if target is None:
+        return ratio_text, "(info)", "-"
+    kind, x = target
+    if kind == "bare+":
+        if bare is None:
+            return ratio_text, "<= bare + %.0f ms" % x, "n/a"
+        limit = bare + x
+        met = "-" if o is None else ("yes" if o <= limit else "no")
+        return ratio_text, "<= %.1f ms (bare+%.0f)" % (limit, x), met
+    if kind == "abs<=":
+        text = "<= %g %s" % (x, unit) if unit != "x" else "<= %g (linear ~4)" % x
+        return ratio_text, text, "-" if o is None else ("yes" if o <= x else "no")
+    if kind == "ratio>=":
+        text = ">= %gx qemu-ga" % x
+        if not have_qemu:
+            return ratio_text, text, "n/a (no qemu-ga)"
+        return ratio_text, text, "-" if ratio is None else ("yes" if ratio >= x else "no")
+    if kind == "ratio<=":
+        text = "<= %gx qemu-ga" % x
+        if not have_qemu:
+            return ratio_text, text, "n/a (no qemu-ga)"
+        return ratio_text, text, "-" if ratio is None else ("yes" if ratio <= x else "no")
+    raise ValueError(kind)
+
+
+def build_table(bench, figures, have_qemu):
+    rows_out = []
+    bare = median_of(bench.results["bare_ms"][OURS_LABEL])
+    for row in ROWS:
+        key, figure, label, unit, better, target = row
+        if figure not in figures:
+            continue
+        cells = bench.results[key]
+        qcell = cells.get(QEMU_GA_LABEL)
+        ocell = cells[OURS_LABEL]
+        q = median_of(qcell) if qcell else None
+        o = median_of(ocell)
+        ours_only = key in ("bare_ms", "cached_ms", "cached_rss")
+        if ours_only:
+            q = None
+        ratio_text, target_text, met = evaluate(row, q, o, bare, have_qemu)
+        if ours_only:
+            ratio_text = "-"
+            if o is None and not ocell["status"]:
+                continue   # an information row with nothing measured (e.g. --ours-cmd)
+        qtext = "-" if qcell is None or ours_only else (
+            qcell["status"] or fmt_value(q, unit))
+        otext = ocell["status"] or fmt_value(o, unit)
+        if ocell["status"]:
+            ratio_text, met = "-", "n/a"
+        elif qcell is not None and qcell["status"] and target and target[0].startswith("ratio"):
+            ratio_text, met = "-", "n/a"
+        rows_out.append({
+            "key": key, "figure": "%s [%s, %s better]" % (label, unit, better),
+            QEMU_GA_LABEL: qtext, OURS_LABEL: otext, "ratio": ratio_text,
+            "target": target_text, "met": met,
+            "median": {QEMU_GA_LABEL: q, OURS_LABEL: o},
+        })
+    return rows_out
+
+
+def print_table(rows, out=sys.stdout):
+    headers = ["figure", QEMU_GA_LABEL, OURS_LABEL, "ours/qemu-ga", "target", "met"]
+    cols = [[r["figure"], r[QEMU_GA_LABEL], r[OURS_LABEL], r["ratio"], r["target"], r["met"]]
+            for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cols)) if cols else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line, file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for c in cols:
+        print("  ".join((v.ljust(w) if i == 0 else v.rjust(w) if i < 4 else v.ljust(w))
+                        for i, (v, w) in enumerate(zip(c, widths))).rstrip(), file=out)
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Benchmark qga-mini against qemu-ga side by side (see the module docstring).")
+    p.add_argument("--quick", action="store_true", help="few rounds, for a CI smoke run")
+    p.add_argument("--only", metavar="NAME[,NAME]",
+                   help="figures or groups to run: %s; groups: %s"
+                   % (", ".join(FIGURES), ", ".join(sorted(GROUPS))))
+    p.add_argument("--json", metavar="FILE", help="save every raw number to FILE")
+    p.add_argument("--rounds", type=int, metavar="N", help="override the rounds of every figure")
+    p.add_argument("--python", default=DEFAULT_PYTHON if os.path.exists(DEFAULT_PYTHON)
+                   else sys.executable, help="interpreter for qga_mini.py and the bare "
+                   "start-up baseline (default %(default)s)")
+    p.add_argument("--agent", default=os.path.join(REPO_ROOT, "qga_mini.py"),
+                   help="path of qga_mini.py (default %(default)s)")
+    p.add_argument("--ours-cmd", metavar="CMD",
+                   help="command line that starts 'our' agent instead of PYTHON AGENT "
+                   "(the -m/-p/-t options are appended); e.g. a second qemu-ga to test the harness")
+    p.add_argument("--qemu-ga", metavar="PATH", dest="qemu_ga",
+                   default=(shutil.which("qemu-ga")
+                            or shutil.which("qemu-ga", path="/usr/sbin:/usr/bin:/sbin:/bin")),
+                   help="qemu-ga binary (default: found on PATH or in /usr/sbin)")
+    p.add_argument("--no-qemu-ga", action="store_true", help="measure only qga-mini")
+    p.add_argument("--pin", choices=["split", "same", "none"], default="split",
+                   help="CPU placement: split (default: bench on one CPU, agents on another, "
+                   "like a host and a guest; stable figures), same (all on one CPU: compares "
+                   "CPU cost per request without cross-CPU wake-ups), none (the scheduler "
+                   "decides; figures then vary from run to run with where it puts them)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    args = p.parse_args(argv)
+    if args.only:
+        chosen = []
+        for name in args.only.split(","):
+            name = name.strip()
+            if name in GROUPS:
+                chosen.extend(GROUPS[name])
+            elif name in FIGURES:
+                chosen.append(name)
+            elif name:
+                p.error("unknown figure %r (choose from %s)"
+                        % (name, ", ".join(FIGURES + sorted(GROUPS))))
+        args.figures = [f for f in FIGURES if f in chosen]
+    else:
+        args.figures = list(FIGURES)
+    if args.rounds is not None and args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    return args
+
+
+def load_average():
+    """The 1-minute load average: other work on the machine shows up as noise in the figures."""
+    try:
+        return "%.2f" % os.getloadavg()[0]
+    except OSError:
+        return "?"
+
+
+def install_signal_handlers():
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
+def apply_pinning(mode):
+    global AGENT_CPUS
+    if mode == "none":
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[0]})
+    if mode == "split" and len(cpus) > 1:
+        AGENT_CPUS = {cpus[1]}
+    else:
+        AGENT_CPUS = {cpus[0]}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    apply_pinning(args.pin)
+    install_signal_handlers()
+    workroot = tempfile.mkdtemp(prefix="qga-bench-")
+    try:
+        return run(args, workroot)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_all_agents()
+        shutil.rmtree(workroot, ignore_errors=True)
+
+
+def run(args, workroot):
+    sides = []
+    have_qemu = False
+    header = []
+    if args.no_qemu_ga:
+        header.append("qemu-ga: not measured (--no-qemu-ga): only qga-mini's numbers")
+    elif args.qemu_ga and os.access(args.qemu_ga, os.X_OK):
+        sides.append(Side(QEMU_GA_LABEL, [args.qemu_ga], workroot))
+        have_qemu = True
+    else:
+        header.append("qemu-ga is not installed: only qga-mini's numbers are printed "
+                      "(apt-get install qemu-guest-agent for the comparison)")
+    if args.ours_cmd:
+        ours_argv = shlex.split(args.ours_cmd)
+    else:
+        ours_argv = [args.python, args.agent]
+    sides.append(Side(OURS_LABEL, ours_argv, workroot))
+
+    bench = Bench(args, sides, workroot)
+    ours_ok = True
+    if not args.ours_cmd and not os.path.exists(args.agent):
+        ours_ok = False
+        reason = "n/a (no %s)" % os.path.basename(args.agent)
+    else:
+        try:
+            sides[-1].warm()
+        except AgentError as e:
+            ours_ok = False
+            reason = "n/a (does not start)"
+            bench.notes.append("%s does not start: %s" % (OURS_LABEL, e))
+        except NotImplementedByAgent as e:
+            ours_ok = False
+            reason = "n/a (not implemented)"
+            bench.notes.append("%s answers CommandNotFound for %s" % (OURS_LABEL, e))
+    if not ours_ok:
+        for key, *_ in ROWS:
+            bench.results[key][OURS_LABEL]["status"] = reason
+        sides = sides[:-1]
+        bench.sides = sides
+    if have_qemu:
+        try:
+            sides[0].warm()
+        except (AgentError, NotImplementedByAgent) as e:
+            header.append("qemu-ga does not start (%s): only qga-mini's numbers" % e)
+            sides = sides[1:]
+            bench.sides = sides
+            have_qemu = False
+            for key, *_ in ROWS:
+                bench.results[key][QEMU_GA_LABEL]["status"] = "n/a (does not start)"
+
+    load_before = load_average()
+    t_start = time.time()
+    if sides:
+        bench.run(args.figures)
+    elapsed = time.time() - t_start
+
+    versions = {s.label: s.version for s in bench.sides}
+    print("qga-mini bench: %s; python %s (%s); %d CPUs; %s run, %.0f s"
+          % (time.strftime("%Y-%m-%d %H:%M"), platform.python_version(), args.python,
+             os.cpu_count() or 0, "quick" if args.quick else "full", elapsed))
+    print("agents: %s; CPU placement: %s; load average before/after: %s / %s"
+          % (", ".join("%s %s" % (k, v or "?") for k, v in versions.items()) or "none",
+             args.pin, load_before, load_average()))
+    for line in header:
+        print(line)
+    print("medians of alternating A/B rounds; ratio = ours/qemu-ga of the medians")
+    print()
+    rows = build_table(bench, set(args.figures), have_qemu)
+    if not have_qemu:
+        for r in rows:
+            r[QEMU_GA_LABEL] = "-"
+    print_table(rows)
+    missed = [r["key"] for r in rows if r["met"] == "no"]
+    print()
+    print("targets missed: %s" % (", ".join(missed) if missed else "none"))
+    if bench.notes:
+        print("notes:")
+        for note in bench.notes:
+            print("  - " + note.rstrip().replace("\n", "\n    "))
+
+    if args.json:
+        raw = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "quick": args.quick, "python": args.python, "versions": versions,
+            "have_qemu_ga": have_qemu, "figures": args.figures,
+            "raw": {key: {label: cell for label, cell in cells.items()}
+                    for key, cells in bench.results.items()},
+            "rows": rows, "missed": missed, "notes": bench.notes,
+        }
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=1, sort_keys=True)
+    return 1 if bench.harness_broke else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
