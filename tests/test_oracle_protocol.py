@@ -1,0 +1,112 @@
+"""qga_mini and the real qemu-ga 7.2, side by side, on the protocol itself.
+
+Runs only where /usr/sbin/qemu-ga is installed.  Each case is a byte string sent on a fresh
+connection to each agent; the reply bytes must be identical.  Cases where qga-mini differs on
+purpose (README: a fresh framer per client, one error for an oversized message) are pinned in
+tests/test_framer.py and tests/test_protocol.py instead.
+"""
+import os
+import socket
+import threading
+import unittest
+
+from tests.test_oracle_files import QEMU_GA, RawAgent
+from tests.support import AGENT, PYTHON
+
+PING = b'{"execute":"guest-ping"}'
+CASES = [
+    PING,
+    b'{"execute":"guest-ping","id":1.5}{"execute":"guest-ping","id":null}'
+    b'{"execute":"guest-ping","id":[1,{"a":null}]}',
+    b'{"execute":"guest-ping","id":18446744073709551615}\n'
+    b'{"execute":"guest-ping","id":18446744073709551616}\n',
+    b'{"execute":"guest-ping","id":1E400}\n',
+    b'{"execute":"guest-ping","id":1e5}{"execute":"guest-ping","id":-0}'
+    b'{"execute":"guest-ping","id":0.1}',
+    b'[]\n"x"\n42\ntrue\nnull\n',
+    b'{}', b'{"execute":1}',
+    b'{"execute":"guest-ping","arguments":[]}{"execute":"guest-ping","arguments":null}',
+    b'{"execute":"guest-ping","foo":1}',
+    b'{"exec-oob":"guest-ping"}{"execute":"guest-ping","exec-oob":"guest-ping"}',
+    b'{"execute":" guest-ping"}',
+    b'{"execute":"guest-sync"}{"execute":"guest-sync","arguments":{"id":"x"}}'
+    b'{"execute":"guest-sync","arguments":{"id":1.0}}'
+    b'{"execute":"guest-sync","arguments":{"id":9223372036854775808}}'
+    b'{"execute":"guest-sync","arguments":{"id":-9223372036854775808}}',
+    b'{"execute":"guest-sync","arguments":{"id":1,"x":2}}',
+    b'\xff{"execute":"guest-sync-delimited","arguments":{"id":7}}',
+    b'{"execute":\xff{"execute":"guest-ping"}',
+    b'{"execute":"guest-pi\xff"}',
+    b'{"execute":"guest-ping"}}',
+    b'{"a":1,}', b'{"a":1,"a":2}', b'{"execute":"guest-ping",}', b'{"execute" "guest-ping"}',
+    b'{"execute":"guest-ping" "x":1}', b'[1 2]', b'{1:2}', b'{"a":nul}', b'{"a":TRUE}',
+    b'{"a":01}', b'{"a":1.}', b'{"a":-}', b'{"a":.5}', b'{"a":"\\x"}', b'{"a":"\\ud800"}',
+    b'{"a":"\\uzzzz"}', b'{"a":"\\ud83d\\ude00","execute":"guest-ping"}',
+    b'{"execute":"guest-ping","id":"\\u00e9\\ud83d\\ude00\x7f"}',
+    b'{"execute":"guest-ping","id":"\xc3\xa9"}', b'{"execute":"guest-ping","id":"\xc3"}',
+    b'{"execute":"guest-ping","id":"\xed\xa0\x80"}', b'{"execute":"guest-ping","id":"\xc0\x80"}',
+    b'{"execute":"guest-ping","id":"a\tb"}', b'{"execute":"guest-ping","id":"\\u0000"}',
+    b"{'execute':'guest-ping','id':'a\"b\\''}",
+    b'{"execute":"guest-ping"X}{"execute":"guest-ping"}', b'X{"execute":"guest-ping"}',
+    b'{"execute":"guest-ping"}\n\r\n\t  \n', b'{"a":[1,2,]}', b'{"a"}', b'{"a":}', b'{]', b']',
+    b'{"execute":"guest-file-seek","arguments":{"handle":1,"offset":0,"whence":true}}',
+    b'{"execute":"guest-file-seek","arguments":{"handle":1,"offset":0,"whence":"bogus"}}',
+    b'{"execute":"guest-file-seek","arguments":{"handle":1,"offset":0,"whence":1.5}}',
+    b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":0}]}}',
+    b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":0,"online":1}]}}',
+    b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":0,"online":true,'
+    b'"x":1}]}}',
+    b'{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[{"phys-index":"1",'
+    b'"online":true}]}}',
+    b'{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":[1]}}',
+    b'{"execute":"guest-shutdown","arguments":{"mode":"x"}}',
+    b'{"execute":"guest-ping","arguments":{"x":null}}',
+    b'{"execute":"guest-ping","id":' + b"[" * 1023 + b"]" * 1023 + b"}",
+    b'\xfe', b'\xff\xff',
+]
+
+
+def exchange(path, data, quiet=0.15):
+    """Send ``data`` on a new connection; everything that comes back until a quiet spell."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.sendall(data)
+    sock.settimeout(quiet)
+    out = b""
+    try:
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            out += chunk
+    except socket.timeout:
+        pass
+    sock.close()
+    return out
+
+
+@unittest.skipUnless(os.access(QEMU_GA, os.X_OK), "qemu-ga is not installed")
+class SideBySide(unittest.TestCase):
+    def setUp(self):
+        self.agents = [RawAgent([QEMU_GA]), RawAgent([PYTHON, AGENT])]
+        for agent in self.agents:
+            agent.sock.close()
+            self.addCleanup(agent.close)
+
+    def test_every_case_gets_the_same_bytes(self):
+        for data in CASES:
+            replies = [None, None]
+
+            def ask(i):
+                replies[i] = exchange(os.path.join(self.agents[i].dir, "sock"), data)
+            threads = [threading.Thread(target=ask, args=(i,)) for i in (0, 1)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            self.assertTrue(replies[0], data)
+            self.assertEqual(replies[1], replies[0], data)
+
+
+if __name__ == "__main__":
+    unittest.main()
