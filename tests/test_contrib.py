@@ -16,6 +16,8 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRIB = os.path.join(TOP, "contrib")
 VM = os.path.join(TOP, "tests", "vm")
 AGENT = os.path.join(TOP, "qga_mini.py")
+# How the launchers in contrib/ start the agent (with its directory filled in).
+LAUNCH = 'import sys; sys.path.insert(0, "%s"); import qga_mini; sys.exit(qga_mini.main())'
 
 POSIX_SCRIPTS = [
     "contrib/fsfreeze-hook",
@@ -94,7 +96,9 @@ class SystemdUnit(unittest.TestCase):
         device = r"dev-virtio\x2dports-org.qemu.guest_agent.0.device"
         self.assertIn("BindsTo=" + device, text)
         self.assertIn("After=" + device, text)
-        self.assertRegex(text, r"(?m)^ExecStart=-?/usr/bin/python3 /usr/lib/qga-mini/qga_mini\.py")
+        self.assertRegex(text, r"(?m)^ExecStart=-?/usr/bin/python3 -I -S -c ")
+        self.assertIn("sys.path.insert(0, '/usr/lib/qga-mini'); import qga_mini; "
+                      "sys.exit(qga_mini.main())", text)
 
 
 class UdevRule(unittest.TestCase):
@@ -233,24 +237,57 @@ class ImageBuilders(unittest.TestCase):
         p = run([py, agent, "--version"])
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("QEMU Guest Agent", p.stdout)
+        # The launchers import the agent from the bytecode the hook compiled.
+        p = run([py, "-I", "-S", "-v", "-c", LAUNCH % os.path.dirname(agent), "--version"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("QEMU Guest Agent", p.stdout)
+        self.assertRegex(p.stderr, r"__pycache__/qga_mini\.cpython-\d+\.pyc matches ")
+
+    def test_launchers_import_the_agent(self):
+        """Every start script imports the agent, so python3 uses its cached bytecode."""
+        for rel in ("contrib/init.d/qga-mini", "contrib/openrc/qga-mini",
+                    "contrib/systemd/qemu-guest-agent.service",
+                    "contrib/initramfs-tools/scripts/init-top/qga-mini",
+                    "contrib/dracut/99qga-mini/qga-mini-start.sh", "tests/vm/guest/rcS"):
+            with self.subTest(launcher=rel):
+                text = read(os.path.join(TOP, rel))
+                self.assertIn("-I -S -c ", text)
+                self.assertIn("import qga_mini; sys.exit(qga_mini.main())", text)
+                self.assertNotIn("python3 /usr/lib/qga-mini/qga_mini.py", text)
+
+    def test_openrc_arguments_survive_its_eval(self):
+        """openrc-run evals command_args: the import line must arrive as one argument."""
+        script = '. "$1"; eval "set -- $command_args"; printf "%s\\n" "$@"'
+        p = run(["sh", "-c", script, "sh", os.path.join(CONTRIB, "openrc", "qga-mini")],
+                env=dict(os.environ, QGA_MINI_ARGS="-v -F"))
+        self.assertEqual(p.stdout.splitlines(),
+                         ["-I", "-S", "-c", LAUNCH % "/usr/lib/qga-mini", "-v", "-F"])
+
+    def test_main_names_itself_when_started_by_import(self):
+        p = run([sys.executable, "-I", "-S", "-c", LAUNCH % TOP, "--bogus"])
+        self.assertEqual(p.returncode, 1)
+        self.assertTrue(p.stderr.startswith("qga_mini.py: unrecognized option"), p.stderr)
 
     def test_dracut_module_installs_agent_python_and_hooks(self):
         bash = need("bash")
         moddir = os.path.join(CONTRIB, "dracut", "99qga-mini")
+        initdir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, initdir)
         # Stand-ins for dracut's functions that log their calls.
         script = r"""
             require_binaries() { command -v "$@" >/dev/null; }
             inst_binary() { echo "binary $*"; }
-            inst_simple() { echo "simple $*"; }
+            inst_simple() { echo "simple $*"; [ -z "$2" ] || { mkdir -p "$initdir${2%%/*}"; cp "$1" "$initdir$2"; }; }
             inst_library() { echo "library $*"; }
             inst_hook() { echo "hook $*"; }
             instmods() { echo "mods $*"; }
             moddir=%s
+            initdir=%s
             . "$moddir/module-setup.sh"
             check; echo "check $?"
             installkernel
             install
-        """ % moddir
+        """ % (moddir, initdir)
         env = dict(os.environ, QGA_MINI_AGENT=AGENT, QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"))
         p = run([bash, "-c", script], env=env)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -262,6 +299,10 @@ class ImageBuilders(unittest.TestCase):
         self.assertTrue(any(line.startswith("simple ") and line.endswith("/os.py") for line in out))
         self.assertTrue(any(line.startswith("hook pre-udev 90 ") for line in out))
         self.assertTrue(any(line.startswith("hook cleanup 90 ") for line in out))
+        # The agent's bytecode, compiled in the image for the start hook's import.
+        import importlib.util
+        self.assertTrue(os.path.exists(importlib.util.cache_from_source(
+            os.path.join(initdir, "usr/lib/qga-mini/qga_mini.py"))))
 
 
 if __name__ == "__main__":
