@@ -214,6 +214,11 @@ PROC_STAT = "/proc/stat"
 PROC_LOADAVG = "/proc/loadavg"
 # (end of stats constants)
 
+# Constants of the host-side client.
+CLIENT_TIMEOUT = 10.0              # seconds the client waits for a reply by default
+CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode decodes
+# (end of client constants)
+
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
@@ -3636,6 +3641,177 @@ class Server(object):
 
 
 # ==============================================================================================
+# Host-side client: one command to a guest agent, sent the way hosts send it
+# ==============================================================================================
+#
+# ``qga_mini.py client SOCKET COMMAND [JSON-ARGS]`` runs on the host and talks to this agent or
+# to qemu-ga through the host end of the channel.  Before the command it sends 0xFF and
+# guest-sync-delimited, then skips whatever arrives until the 0xFF that starts the sync's
+# reply, so a reply an earlier client left in the channel is never taken for ours.  Both
+# agents write every reply as one line.
+
+CLIENT_USAGE = """Usage: %(prog)s client [--timeout SECONDS] [--decode] SOCKET COMMAND [JSON-ARGS]
+Send one command to a guest agent and print what it returns, as JSON.
+  SOCKET     the host end of the channel: a unix socket path, vsock:CID:PORT, or a
+             serial device (a pty)
+  JSON-ARGS  the arguments, a JSON object: '{"username": "root"}'
+  --timeout  seconds to wait for a reply (default %(timeout)g)
+  --decode   show buf-b64, out-data and err-data decoded as text
+Exit status: 0 success, 1 an error reply, 2 no reply or a bad command line.  A command
+that sends no reply when it works (guest-shutdown, ...) works unless an error comes back.
+"""
+
+
+class ClientError(Exception):
+    """No usable reply (no connection, a timeout, a closed channel): exit status 2."""
+
+
+def print_text(text, stream=None):
+    """Write a line even to a stream that cannot encode all of it (an ASCII console)."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+    stream.flush()
+
+
+class AgentConnection(object):
+    """The host end of one connection to an agent: requests out, reply lines in."""
+
+    def __init__(self, target, timeout):
+        self.timeout, self.buf, self.sock, self.fd = timeout, b"", None, None
+        vsock = target.startswith("vsock:")
+        try:
+            if vsock or stat.S_ISSOCK(os.stat(target).st_mode):
+                family = getattr(socket, "AF_VSOCK", 40) if vsock else socket.AF_UNIX
+                self.sock = socket.socket(family, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(parse_vsock_address(target[6:]) if vsock else target)
+            else:                                       # a serial device
+                self.fd = os.open(target, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if os.isatty(self.fd):
+                    set_raw_serial(self.fd)
+        except (OSError, ChannelError) as exc:
+            self.close()
+            raise ClientError("cannot connect to %s: %s" % (target, exc))
+        if self.sock is not None:
+            self.sock.setblocking(False)
+            self.fd = self.sock.fileno()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        elif self.fd is not None:
+            os.close(self.fd)
+
+    def _ready(self, write, deadline):
+        fds = ([], [self.fd]) if write else ([self.fd], [])
+        if not any(select.select(fds[0], fds[1], [], max(0.0, deadline - time.monotonic()))):
+            raise ClientError("no reply within %g s" % self.timeout)
+
+    def send(self, name, arguments=None, prefix=b""):
+        request = {"execute": name, "arguments": arguments} if arguments else {"execute": name}
+        data = memoryview(prefix + json.dumps(request).encode("ascii") + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while data:
+            self._ready(True, deadline)
+            data = data[os.write(self.fd, data):]
+
+    def reply(self, after_marker=False):
+        """The next reply; with ``after_marker``, the first one that follows a 0xFF byte."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if after_marker:
+                marker = self.buf.find(b"\xff")
+                after_marker = marker < 0
+                self.buf = self.buf[marker + 1:] if marker >= 0 else b""
+            if not after_marker and b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.strip():
+                    return parse_message(line)
+                continue
+            self._ready(False, deadline)
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except OSError:                             # EIO: a pty whose other side closed
+                data = b""
+            if not data:
+                raise ClientError("the channel was closed")
+            self.buf += data
+
+    def sync(self):
+        """guest-sync-delimited: everything up to its reply is someone else's."""
+        sync_id = int.from_bytes(os.urandom(4), "big")
+        self.send("guest-sync-delimited", {"id": sync_id}, prefix=b"\xff")
+        while True:
+            try:
+                if self.reply(after_marker=True) == {"return": sync_id}:
+                    return
+            except JsonError:
+                pass                    # a stray 0xFF in an older reply: look for the next
+
+
+def client_main(argv, prog):
+    """``client``: one command to an agent; the exit status says how it went."""
+    positional, timeout, decode = [], CLIENT_TIMEOUT, False
+    args = list(argv)
+    try:
+        while args:
+            arg = args.pop(0)
+            if arg in ("-h", "--help"):
+                print(CLIENT_USAGE % {"prog": prog, "timeout": CLIENT_TIMEOUT})
+                return 0
+            if arg == "--decode":
+                decode = True
+            elif arg.split("=", 1)[0] == "--timeout":
+                timeout = float(arg.split("=", 1)[1] if "=" in arg else args.pop(0))
+            else:
+                positional.append(arg)
+        if not 2 <= len(positional) <= 3 or timeout <= 0:
+            raise ValueError("expected SOCKET COMMAND [JSON-ARGS]")
+        arguments = json.loads(positional[2]) if len(positional) == 3 else None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise ValueError("JSON-ARGS must be a JSON object")
+    except (ValueError, IndexError) as exc:
+        sys.stderr.write("%s client: %s\nTry '%s client --help'.\n" % (prog, exc, prog))
+        return 2
+    target, name = positional[:2]
+    cmd = COMMANDS.get(name)
+    silent = cmd is not None and not cmd.success_response
+    sent = False
+    try:
+        conn = AgentConnection(target, timeout)
+        try:
+            conn.sync()
+            conn.send(name, arguments)
+            sent = True
+            if silent:
+                # Success sends nothing; a guest-sync behind the command brings either the
+                # command's error or its own reply.  qemu-ga-client waits for a timeout.
+                conn.send("guest-sync", {"id": 0})
+            reply = conn.reply()
+        finally:
+            conn.close()
+        if not isinstance(reply, dict):
+            raise ClientError("not a reply: %s" % json.dumps(reply))
+    except (ClientError, JsonError) as exc:
+        if silent and sent and isinstance(exc, ClientError):   # the guest went down or asleep
+            return 0
+        sys.stderr.write("%s client: %s\n" % (prog, exc))
+        return 2
+    if "error" in reply:
+        error = reply["error"]
+        print_text("%s: %s" % (error.get("class"), error.get("desc")), sys.stderr)
+        return 1
+    value = reply.get("return")
+    for key in CLIENT_BASE64_MEMBERS if decode and isinstance(value, dict) else ():
+        if isinstance(value.get(key), str):
+            value[key] = decode_base64(value[key]).decode("utf-8", "replace")
+    if not silent:
+        print_text(json.dumps(value, indent=2, ensure_ascii=False))
+    return 0
+
+
+# ==============================================================================================
 # Configuration and command line (qemu-ga's options, config file and --dump-conf)
 # ==============================================================================================
 
@@ -4016,6 +4192,8 @@ def main(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     # sys.argv[0] is "-c" when started by importing (as the contrib/ launchers do)
     prog = os.path.basename(sys.argv[0] if sys.argv[0] not in ("", "-c") else "qga_mini.py")
+    if argv[:1] == ["client"]:
+        return client_main(argv[1:], prog)
     early_log = Log(verbose=True)       # config warnings are always shown, as GLib does
     try:
         config, action = build_config(argv, environ, early_log)
