@@ -214,10 +214,16 @@ PROC_STAT = "/proc/stat"
 PROC_LOADAVG = "/proc/loadavg"
 # (end of stats constants)
 
-# Constants of the host-side client.
+# Constants of the self-test and the host-side client.
+# --self-test runs the commands that only read.  They are picked by their QAPI names, not
+# listed: qemu-ga names every such command guest-ping, guest-info, guest-[<group>-]get-* or
+# guest-<group>-status, and no command that changes the guest, so a read-only command added
+# later (guest-get-disks, ...) is tested without a change here.
+READ_ONLY_COMMAND = re.compile(r"guest-(?:ping|info|(?:[a-z]+-)?get-[a-z-]+|[a-z]+-status)\Z")
+SELF_TEST_SUMMARY_WIDTH = 64       # characters of a reply shown in the self-test's table
 CLIENT_TIMEOUT = 10.0              # seconds the client waits for a reply by default
 CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode decodes
-# (end of client constants)
+# (end of self-test and client constants)
 
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -4129,6 +4135,92 @@ def systemd_listen_fd(environ):
 
 
 # ==============================================================================================
+# Self-test: every read-only command, run here, as a table for whoever builds an image
+# ==============================================================================================
+
+def summarize(value, width=SELF_TEST_SUMMARY_WIDTH):
+    """A reply's return value in one short line: scalars as they are, lists by their length
+    (and their members' names), objects as ``key=value`` pairs."""
+    if isinstance(value, list):
+        names = [str(item["name"]) for item in value if isinstance(item, dict) and "name" in item]
+        text = "%d entries" % len(value) + (": " + ", ".join(names) if names else "")
+    elif isinstance(value, dict):
+        text = ", ".join("%s: %d entries" % (key, len(item)) if isinstance(item, list)
+                         else "%s=%s" % (key, summarize(item, width)) if isinstance(item, dict)
+                         else "%s=%s" % (key, item) for key, item in value.items()) or "{}"
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def self_test_arguments(cmd):
+    """Arguments for a read-only command: its required ones that the test can fill (a user
+    name: the one it runs as), or None when it needs another (guest-exec-status's pid)."""
+    required = [spec for spec in cmd.data if not spec.startswith("*")]
+    if any(name != "username" for name in required):
+        return None
+    if not required:
+        return {}
+    import pwd
+    try:
+        return {"username": pwd.getpwuid(os.geteuid()).pw_name}
+    except KeyError:
+        return {"username": "root"}
+
+
+def run_self_test_command(agent, cmd):
+    """(result, summary) of one command run in-process, as dispatch would run it."""
+    if not agent.is_enabled(cmd.name):
+        return "disabled", agent.disabled_reason(cmd.name)
+    arguments = self_test_arguments(cmd)
+    if arguments is None:
+        return "skipped", "needs " + ", ".join(s for s in cmd.data if not s.startswith("*"))
+    try:
+        kwargs = check_members(arguments, cmd.data)
+        value = cmd.func(agent, **{k.replace("-", "_"): v for k, v in kwargs.items()})
+        value = {} if value is None else value
+        encode_reply({"return": value})                  # what could not be sent is a crash
+    except QgaError as exc:
+        unsupported = exc.desc == UNSUPPORTED_TEXT or exc.cls == COMMAND_NOT_FOUND
+        return "unsupported" if unsupported else "error", exc.desc     # in full: it is the news
+    return "ok", summarize(value)
+
+
+def self_test(config):
+    """--self-test: run every read-only command here and print what each one answers.
+
+    An error reply is a finding about this system (no utmp, no memory hotplug, ...); only a
+    command that raised something other than QgaError, a bug, makes the exit status 1.
+    """
+    import traceback
+    log = Log(verbose=config.verbose)
+    log.muted = not config.verbose      # no audit lines in syslog from a check
+    agent = Agent(config, log=log)
+    commands = [c for c in registered_commands() if READ_ONLY_COMMAND.match(c.name)]
+    print_text("qga-mini %s (as qemu-ga %s) self-test on %s: %d read-only commands"
+               % (__project_version__, __version__, socket.gethostname(), len(commands)))
+    print_text("%-30s %-12s %s\n%s %s %s" % ("command", "result", "summary", "-" * 30, "-" * 12,
+                                             "-" * SELF_TEST_SUMMARY_WIDTH))
+    counts, crashes = OrderedDict(), []
+    try:
+        for cmd in commands:
+            try:
+                result, summary = run_self_test_command(agent, cmd)
+            except Exception as exc:
+                result, summary = "CRASHED", summarize("%s: %s" % (type(exc).__name__, exc))
+                crashes.append((cmd.name, traceback.format_exc()))
+            counts[result] = counts.get(result, 0) + 1
+            print_text("%-30s %-12s %s" % (cmd.name, result, summary))
+    finally:
+        agent.shutdown()
+    for name, trace in crashes:
+        sys.stderr.write("%s crashed:\n%s" % (name, trace))
+    print_text("self-test: " + ", ".join("%d %s" % (n, result) for result, n in counts.items()))
+    return 1 if crashes else 0
+
+
+# ==============================================================================================
 # main()
 # ==============================================================================================
 
@@ -4250,12 +4342,6 @@ def start_agent(agent):
             state.ensure()
     except (OSError, IOError) as exc:
         raise UsageError("failed to load persistent state: %s" % os_error_text(exc))
-
-
-def self_test(config):
-    """Placeholder replaced when the self-test lands (issue: packaging)."""
-    sys.stderr.write("--self-test is not available in this build\n")
-    return 1
 
 
 if __name__ == "__main__":
