@@ -3879,6 +3879,9 @@ QEMU Guest Agent (qga-mini %(project)s, behaves as qemu-ga %(version)s)
                     due to an error which may be recoverable in the future
       --self-test   run every read-only command here and print a table
   -h, --help        display this help and exit
+
+%(prog)s client SOCKET COMMAND [JSON-ARGS] sends one command to an agent, from
+the host: see '%(prog)s client --help'.
 """
 
 # Options taking an argument, and their long names.

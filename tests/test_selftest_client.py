@@ -194,6 +194,7 @@ class ClientAgainstAProcess(unittest.TestCase):
         status, out, _ = client("--help")
         self.assertEqual(status, 0)
         self.assertIn("SOCKET COMMAND [JSON-ARGS]", out)
+        self.assertIn("qga_mini.py client SOCKET COMMAND", run_agent("--help")[1])
 
     def test_no_agent_there_is_exit_2(self):
         status, _, err = client(self.agent.path + ".missing", "guest-ping")
