@@ -15,5 +15,8 @@ schema-check:  ## hold the command table and argument types against schema.json
 vermin:  ## check statically that qga_mini.py runs on Python 3.6+
 	$(PYTHON) -m vermin -t=3.6- --violations --no-tips qga_mini.py
 
-demo:  ## run a demo agent on /tmp/qga-demo.sock and ping it
+vm-test:  ## boot the agent in a QEMU guest and check it with real host clients (root)
+	bash tests/vm/run.sh
+
+demo:  ## run a demo agent on /tmp/qga-demo.sock and query it with the built-in client
 	sh contrib/demo.sh

@@ -28,6 +28,7 @@ POSIX_SCRIPTS = [
     "contrib/initramfs-tools/scripts/init-bottom/qga-mini",
     "contrib/dracut/99qga-mini/qga-mini-start.sh",
     "contrib/dracut/99qga-mini/qga-mini-stop.sh",
+    "contrib/demo.sh",
     "tests/vm/guest/rcS",
     "tests/vm/guest/chpasswd",
     "tests/vm/guest/hook-record",
@@ -202,6 +203,21 @@ class InitScript(unittest.TestCase):
         self.assertEqual(p.returncode, 3)
         self.assertIn("not running", p.stdout)
         self.assertEqual(run(["sh", self.SCRIPT, "bogus"]).returncode, 2)
+
+
+class Demo(unittest.TestCase):
+    def test_demo_runs_the_agent_and_the_client_and_cleans_up(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        sock, state = os.path.join(tmp, "s"), os.path.join(tmp, "state")
+        p = run(["sh", os.path.join(CONTRIB, "demo.sh")],
+                env=dict(os.environ, QGA_DEMO_SOCK=sock, QGA_DEMO_STATE=state))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        for text in ("client %s guest-get-osinfo" % sock, '"host-name": ', '"version": ',
+                     "(exit status 1: an error reply)"):
+            self.assertIn(text, p.stdout)
+        self.assertIn("failed to lookup user 'nobody-here'", p.stderr)
+        self.assertFalse(os.path.exists(sock) or os.path.exists(state))
 
 
 @unittest.skipUnless(sys.platform.startswith("linux"), "Linux image tools")
