@@ -23,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import image  # noqa: E402
-from clients import ClientError, LibvirtClient, ProxmoxClient, QmpClient  # noqa: E402
+from clients import BuiltinClient, ClientError, LibvirtClient, ProxmoxClient, QmpClient  # noqa: E402
 
 TOP = image.TOP
 AGENT = os.path.join(TOP, "qga_mini.py")
@@ -617,6 +617,7 @@ def check_isa_serial(vm):
     p = ProxmoxClient(vm.isa_sock)
     info = ret(p.cmd("guest-info"))
     ret(p.cmd("guest-ping"))
+    v_ping(ret(BuiltinClient(vm.isa_sock).cmd("guest-ping")))
     lv = LibvirtClient(vm.isa_sock)
     try:
         v_ping(ret(lv.cmd("guest-ping")))
@@ -682,6 +683,42 @@ def check_idle_cpu(vm, pid):
             "answered %.2f s after return" % (RECONNECTS, worst, pct, IDLE_SECONDS, back))
 
 
+# How the image's launchers start the agent: imported, so that its bytecode is used.
+LAUNCH = "import sys; sys.path.insert(0, '/usr/lib/qga-mini'); import qga_mini; sys.exit(qga_mini.main())"
+
+
+def check_self_test(c):
+    """qga_mini.py --self-test in the guest: its table goes to the log, it must exit 0."""
+    st = guest_run(c, ["/usr/bin/python3", "-I", "-S", "-c", LAUNCH, "--self-test"], timeout=60)
+    print("".join("        | %s\n" % line for line in st["out-data"].splitlines()), end="", flush=True)
+    expect(st.get("exitcode") == 0, "exit status %s: %s" % (st.get("exitcode"), st["err-data"][-300:]))
+    expect("CRASHED" not in st["out-data"], "a command crashed")
+    return st["out-data"].strip().splitlines()[-1]
+
+
+def check_builtin_client(vm):
+    """qga_mini.py's own client from the host: a command with arguments, --decode and an
+    error reply (exit status 1); the read-only commands and guest-shutdown use it too."""
+    argv = ["/usr/bin/python3", AGENT, "client", vm.sock]
+    run = lambda *a: subprocess.run(argv + list(a), stdout=subprocess.PIPE,  # noqa: E731
+                                    stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    p = run("guest-exec", json.dumps({"path": "/bin/echo", "arg": ["from", "the host"],
+                                      "capture-output": True}))
+    expect(p.returncode == 0, "guest-exec: exit %d: %s" % (p.returncode, p.stderr))
+    pid = json.loads(p.stdout)["pid"]
+    deadline = time.monotonic() + 30
+    while True:
+        p = run("--decode", "guest-exec-status", json.dumps({"pid": pid}))
+        status = json.loads(p.stdout)
+        if status["exited"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    expect(status.get("out-data") == "from the host\n", "decoded output %r" % status)
+    p = run("guest-ssh-get-authorized-keys", '{"username": "no-such-user"}')
+    expect(p.returncode == 1 and "no-such-user" in p.stderr, "error reply: exit %d, %r" % (p.returncode, p.stderr))
+    return "exec + --decoded exec-status, error reply is exit 1"
+
+
 def check_shutdown(vm, client):
     r = client.cmd("guest-shutdown", {"mode": "powerdown"}, timeout=10, allow_close=True)
     if r is not None:
@@ -720,7 +757,7 @@ def run_mini(results, args, work, initrd, vmlinuz):
     deadline = time.monotonic() + 60
     while "qga-vm: init done" not in vm.console_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    client_types = [ProxmoxClient, LibvirtClient]
+    client_types = [ProxmoxClient, LibvirtClient, BuiltinClient]
     try:
         import qemu.qmp  # noqa: F401
         client_types.append(QmpClient)
@@ -738,11 +775,13 @@ def run_mini(results, args, work, initrd, vmlinuz):
         pass
     if QmpClient in client_types:
         results.check("clients", "qemu-ga-client flows (qemu.qmp)", check_qmp_client, vm)
+    results.check("clients", "qga_mini.py client", check_builtin_client, vm)
     results.check("channels", "isa-serial second instance", check_isa_serial, vm)
     proxmox = ProxmoxClient(vm.sock)
     results.check("freeze", "freeze/thaw with hook (proxmox)", check_freeze, proxmox)
     # The rest through one libvirt-style connection, as libvirt keeps it open.
     lv = LibvirtClient(vm.sock)
+    results.check("self-test", "--self-test in the guest", check_self_test, lv)
     results.check("files", "write/seek/read/close", check_files, lv)
     results.check("exec", "guest-exec capture + input", check_exec, lv)
     results.check("freeze", "fstrim", check_fstrim, lv)
@@ -762,7 +801,8 @@ def run_mini(results, args, work, initrd, vmlinuz):
     if pid:
         results.check("idle", "reconnects, then ~0% CPU alone", check_idle_cpu, vm, pid)
     UPTIME[0] = time.monotonic() - vm.t0
-    results.check("power", "guest-shutdown powers off", check_shutdown, vm, proxmox)
+    # qga_mini.py client: the command sends no reply, the guest-sync behind it tells.
+    results.check("power", "guest-shutdown powers off", check_shutdown, vm, BuiltinClient(vm.sock))
     vm.kill()
     return vm, pong
 
