@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
@@ -42,26 +41,10 @@ def main():
         image.build_tree(tree, kroot, vmtest.AGENT,
                          extra_exec=[vmtest.QEMU_GA] if "qemu-ga" in agents else [])
         image.write_cpio(tree, initrd)
-        vmlinuz = image.find_kernel(kroot)[0]
-        disk = os.path.join(work, "data.img")
-        vmtest.make_disk(disk)
-        times = {agent: [] for agent in agents}
-        for boot in range(args.boots):
-            for agent in agents:
-                vm = vmtest.VM(work, vmlinuz, initrd, disk, accel, agent=agent, tag="boot")
-                vm.start()
-                try:
-                    pong = vmtest.first_pong(vm, vmtest.BOOT_SECONDS)
-                finally:
-                    vm.kill()
-                times[agent].append(pong)
-                print("boot %d %-8s %s" % (boot + 1, agent,
-                                           "%.2f s" % pong if pong else "no pong"), flush=True)
+        times = vmtest.pong_times(work, image.find_kernel(kroot)[0], initrd, accel,
+                                  agents * args.boots)
         for agent, got in times.items():
-            ok = [t for t in got if t is not None]
-            print("%-8s median %s of %d boots (%s), min %s, max %s" % (
-                agent, "%.2f s" % statistics.median(ok) if ok else "-", len(got), accel,
-                "%.2f" % min(ok) if ok else "-", "%.2f" % max(ok) if ok else "-"))
+            print("%-8s %s, %s" % (agent, vmtest.describe_times(got), accel))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
