@@ -14,6 +14,10 @@ Running it
     python3 qga_mini.py -m stdio           # one client on stdin/stdout (inetd style, tests)
     python3 qga_mini.py --help             # every option; qemu-ga's flags and config file work
 
+    Images start it with contrib/qga-mini (beside qga_mini.py; same options), which imports
+    it so that its compiled bytecode is used and keeps python3 from waiting for the kernel's
+    random pool at boot: up to 2 s less to the first reply in a slow guest.
+
 The options and the config file (``/etc/qemu/qemu-ga.conf``, ``$QGA_CONF`` or ``-c``) are
 qemu-ga's; ``-D`` prints the effective configuration in qemu-ga's format.
 
@@ -256,6 +260,17 @@ AUTHORIZED_KEYS_MODE = 0o600
 PROC_STAT = "/proc/stat"
 PROC_LOADAVG = "/proc/loadavg"
 # (end of stats constants)
+
+# Constants of the self-test and the host-side client.
+# --self-test runs the commands that only read.  They are picked by their QAPI names, not
+# listed: qemu-ga names every such command guest-ping, guest-info, guest-[<group>-]get-* or
+# guest-<group>-status, and no command that changes the guest, so a read-only command added
+# later (guest-get-disks, ...) is tested without a change here.
+READ_ONLY_COMMAND = re.compile(r"guest-(?:ping|info|(?:[a-z]+-)?get-[a-z-]+|[a-z]+-status)\Z")
+SELF_TEST_SUMMARY_WIDTH = 64       # characters of a reply shown in the self-test's table
+CLIENT_TIMEOUT = 10.0              # seconds the client waits for a reply by default
+CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode decodes
+# (end of self-test and client constants)
 
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -4444,6 +4459,177 @@ class Server(object):
 
 
 # ==============================================================================================
+# Host-side client: one command to a guest agent, sent the way hosts send it
+# ==============================================================================================
+#
+# ``qga_mini.py client SOCKET COMMAND [JSON-ARGS]`` runs on the host and talks to this agent or
+# to qemu-ga through the host end of the channel.  Before the command it sends 0xFF and
+# guest-sync-delimited, then skips whatever arrives until the 0xFF that starts the sync's
+# reply, so a reply an earlier client left in the channel is never taken for ours.  Both
+# agents write every reply as one line.
+
+CLIENT_USAGE = """Usage: %(prog)s client [--timeout SECONDS] [--decode] SOCKET COMMAND [JSON-ARGS]
+Send one command to a guest agent and print what it returns, as JSON.
+  SOCKET     the host end of the channel: a unix socket path, vsock:CID:PORT, or a
+             serial device (a pty)
+  JSON-ARGS  the arguments, a JSON object: '{"username": "root"}'
+  --timeout  seconds to wait for a reply (default %(timeout)g)
+  --decode   show buf-b64, out-data and err-data decoded as text
+Exit status: 0 success, 1 an error reply, 2 no reply or a bad command line.  A command
+that sends no reply when it works (guest-shutdown, ...) works unless an error comes back.
+"""
+
+
+class ClientError(Exception):
+    """No usable reply (no connection, a timeout, a closed channel): exit status 2."""
+
+
+def print_text(text, stream=None):
+    """Write a line even to a stream that cannot encode all of it (an ASCII console)."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+    stream.flush()
+
+
+class AgentConnection(object):
+    """The host end of one connection to an agent: requests out, reply lines in."""
+
+    def __init__(self, target, timeout):
+        self.timeout, self.buf, self.sock, self.fd = timeout, b"", None, None
+        vsock = target.startswith("vsock:")
+        try:
+            if vsock or stat.S_ISSOCK(os.stat(target).st_mode):
+                family = getattr(socket, "AF_VSOCK", 40) if vsock else socket.AF_UNIX
+                self.sock = socket.socket(family, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(parse_vsock_address(target[6:]) if vsock else target)
+            else:                                       # a serial device
+                self.fd = os.open(target, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if os.isatty(self.fd):
+                    set_raw_serial(self.fd)
+        except (OSError, ChannelError) as exc:
+            self.close()
+            raise ClientError("cannot connect to %s: %s" % (target, exc))
+        if self.sock is not None:
+            self.sock.setblocking(False)
+            self.fd = self.sock.fileno()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        elif self.fd is not None:
+            os.close(self.fd)
+
+    def _ready(self, write, deadline):
+        fds = ([], [self.fd]) if write else ([self.fd], [])
+        if not any(select.select(fds[0], fds[1], [], max(0.0, deadline - time.monotonic()))):
+            raise ClientError("no reply within %g s" % self.timeout)
+
+    def send(self, name, arguments=None, prefix=b""):
+        request = {"execute": name, "arguments": arguments} if arguments else {"execute": name}
+        data = memoryview(prefix + json.dumps(request).encode("ascii") + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while data:
+            self._ready(True, deadline)
+            data = data[os.write(self.fd, data):]
+
+    def reply(self, after_marker=False):
+        """The next reply; with ``after_marker``, the first one that follows a 0xFF byte."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if after_marker:
+                marker = self.buf.find(b"\xff")
+                after_marker = marker < 0
+                self.buf = self.buf[marker + 1:] if marker >= 0 else b""
+            if not after_marker and b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.strip():
+                    return parse_message(line)
+                continue
+            self._ready(False, deadline)
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except OSError:                             # EIO: a pty whose other side closed
+                data = b""
+            if not data:
+                raise ClientError("the channel was closed")
+            self.buf += data
+
+    def sync(self):
+        """guest-sync-delimited: everything up to its reply is someone else's."""
+        sync_id = int.from_bytes(os.urandom(4), "big")
+        self.send("guest-sync-delimited", {"id": sync_id}, prefix=b"\xff")
+        while True:
+            try:
+                if self.reply(after_marker=True) == {"return": sync_id}:
+                    return
+            except JsonError:
+                pass                    # a stray 0xFF in an older reply: look for the next
+
+
+def client_main(argv, prog):
+    """``client``: one command to an agent; the exit status says how it went."""
+    positional, timeout, decode = [], CLIENT_TIMEOUT, False
+    args = list(argv)
+    try:
+        while args:
+            arg = args.pop(0)
+            if arg in ("-h", "--help"):
+                print(CLIENT_USAGE % {"prog": prog, "timeout": CLIENT_TIMEOUT})
+                return 0
+            if arg == "--decode":
+                decode = True
+            elif arg.split("=", 1)[0] == "--timeout":
+                timeout = float(arg.split("=", 1)[1] if "=" in arg else args.pop(0))
+            else:
+                positional.append(arg)
+        if not 2 <= len(positional) <= 3 or timeout <= 0:
+            raise ValueError("expected SOCKET COMMAND [JSON-ARGS]")
+        arguments = json.loads(positional[2]) if len(positional) == 3 else None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise ValueError("JSON-ARGS must be a JSON object")
+    except (ValueError, IndexError) as exc:
+        sys.stderr.write("%s client: %s\nTry '%s client --help'.\n" % (prog, exc, prog))
+        return 2
+    target, name = positional[:2]
+    cmd = COMMANDS.get(name)
+    silent = cmd is not None and not cmd.success_response
+    sent = False
+    try:
+        conn = AgentConnection(target, timeout)
+        try:
+            conn.sync()
+            conn.send(name, arguments)
+            sent = True
+            if silent:
+                # Success sends nothing; a guest-sync behind the command brings either the
+                # command's error or its own reply.  qemu-ga-client waits for a timeout.
+                conn.send("guest-sync", {"id": 0})
+            reply = conn.reply()
+        finally:
+            conn.close()
+        if not isinstance(reply, dict):
+            raise ClientError("not a reply: %s" % json.dumps(reply))
+    except (ClientError, JsonError) as exc:
+        if silent and sent and isinstance(exc, ClientError):   # the guest went down or asleep
+            return 0
+        sys.stderr.write("%s client: %s\n" % (prog, exc))
+        return 2
+    if "error" in reply:
+        error = reply["error"]
+        print_text("%s: %s" % (error.get("class"), error.get("desc")), sys.stderr)
+        return 1
+    value = reply.get("return")
+    for key in CLIENT_BASE64_MEMBERS if decode and isinstance(value, dict) else ():
+        if isinstance(value.get(key), str):
+            value[key] = decode_base64(value[key]).decode("utf-8", "replace")
+    if not silent:
+        print_text(json.dumps(value, indent=2, ensure_ascii=False))
+    return 0
+
+
+# ==============================================================================================
 # Configuration and command line (qemu-ga's options, config file and --dump-conf)
 # ==============================================================================================
 
@@ -4505,6 +4691,9 @@ QEMU Guest Agent (qga-mini %(project)s, behaves as qemu-ga %(version)s)
                     due to an error which may be recoverable in the future
       --self-test   run every read-only command here and print a table
   -h, --help        display this help and exit
+
+%(prog)s client SOCKET COMMAND [JSON-ARGS] sends one command to an agent, from
+the host: see '%(prog)s client --help'.
 """
 
 # Options taking an argument, and their long names.
@@ -4761,6 +4950,92 @@ def systemd_listen_fd(environ):
 
 
 # ==============================================================================================
+# Self-test: every read-only command, run here, as a table for whoever builds an image
+# ==============================================================================================
+
+def summarize(value, width=SELF_TEST_SUMMARY_WIDTH):
+    """A reply's return value in one short line: scalars as they are, lists by their length
+    (and their members' names), objects as ``key=value`` pairs."""
+    if isinstance(value, list):
+        names = [str(item["name"]) for item in value if isinstance(item, dict) and "name" in item]
+        text = "%d entries" % len(value) + (": " + ", ".join(names) if names else "")
+    elif isinstance(value, dict):
+        text = ", ".join("%s: %d entries" % (key, len(item)) if isinstance(item, list)
+                         else "%s=%s" % (key, summarize(item, width)) if isinstance(item, dict)
+                         else "%s=%s" % (key, item) for key, item in value.items()) or "{}"
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def self_test_arguments(cmd):
+    """Arguments for a read-only command: its required ones that the test can fill (a user
+    name: the one it runs as), or None when it needs another (guest-exec-status's pid)."""
+    required = [spec for spec in cmd.data if not spec.startswith("*")]
+    if any(name != "username" for name in required):
+        return None
+    if not required:
+        return {}
+    import pwd
+    try:
+        return {"username": pwd.getpwuid(os.geteuid()).pw_name}
+    except KeyError:
+        return {"username": "root"}
+
+
+def run_self_test_command(agent, cmd):
+    """(result, summary) of one command run in-process, as dispatch would run it."""
+    if not agent.is_enabled(cmd.name):
+        return "disabled", agent.disabled_reason(cmd.name)
+    arguments = self_test_arguments(cmd)
+    if arguments is None:
+        return "skipped", "needs " + ", ".join(s for s in cmd.data if not s.startswith("*"))
+    try:
+        kwargs = check_members(arguments, cmd.data)
+        value = cmd.func(agent, **{k.replace("-", "_"): v for k, v in kwargs.items()})
+        value = {} if value is None else value
+        encode_reply({"return": value})                  # what could not be sent is a crash
+    except QgaError as exc:
+        unsupported = exc.desc == UNSUPPORTED_TEXT or exc.cls == COMMAND_NOT_FOUND
+        return "unsupported" if unsupported else "error", exc.desc     # in full: it is the news
+    return "ok", summarize(value)
+
+
+def self_test(config):
+    """--self-test: run every read-only command here and print what each one answers.
+
+    An error reply is a finding about this system (no utmp, no memory hotplug, ...); only a
+    command that raised something other than QgaError, a bug, makes the exit status 1.
+    """
+    import traceback
+    log = Log(verbose=config.verbose)
+    log.muted = not config.verbose      # no audit lines in syslog from a check
+    agent = Agent(config, log=log)
+    commands = [c for c in registered_commands() if READ_ONLY_COMMAND.match(c.name)]
+    print_text("qga-mini %s (as qemu-ga %s) self-test on %s: %d read-only commands"
+               % (__project_version__, __version__, socket.gethostname(), len(commands)))
+    print_text("%-30s %-12s %s\n%s %s %s" % ("command", "result", "summary", "-" * 30, "-" * 12,
+                                             "-" * SELF_TEST_SUMMARY_WIDTH))
+    counts, crashes = OrderedDict(), []
+    try:
+        for cmd in commands:
+            try:
+                result, summary = run_self_test_command(agent, cmd)
+            except Exception as exc:
+                result, summary = "CRASHED", summarize("%s: %s" % (type(exc).__name__, exc))
+                crashes.append((cmd.name, traceback.format_exc()))
+            counts[result] = counts.get(result, 0) + 1
+            print_text("%-30s %-12s %s" % (cmd.name, result, summary))
+    finally:
+        agent.shutdown()
+    for name, trace in crashes:
+        sys.stderr.write("%s crashed:\n%s" % (name, trace))
+    print_text("self-test: " + ", ".join("%d %s" % (n, result) for result, n in counts.items()))
+    return 1 if crashes else 0
+
+
+# ==============================================================================================
 # main()
 # ==============================================================================================
 
@@ -4822,7 +5097,10 @@ def serve(agent):
 def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
-    prog = os.path.basename(sys.argv[0] or "qga_mini.py")
+    # sys.argv[0] is "-c" when started by importing (as contrib/qga-mini does)
+    prog = os.path.basename(sys.argv[0] if sys.argv[0] not in ("", "-c") else "qga_mini.py")
+    if argv[:1] == ["client"]:
+        return client_main(argv[1:], prog)
     early_log = Log(verbose=True)       # config warnings are always shown, as GLib does
     try:
         config, action = build_config(argv, environ, early_log)
@@ -4880,12 +5158,6 @@ def start_agent(agent):
     except (OSError, IOError) as exc:
         raise UsageError("failed to load persistent state: %s" % os_error_text(exc))
     fsfreeze_start(agent)
-
-
-def self_test(config):
-    """Placeholder replaced when the self-test lands (issue: packaging)."""
-    sys.stderr.write("--self-test is not available in this build\n")
-    return 1
 
 
 if __name__ == "__main__":

@@ -4,18 +4,23 @@ Each check skips when the tool it needs is missing (dash, systemd-analyze, udeva
 shellcheck).  The VM test (tests/vm/run.sh) exercises the init script, the fsfreeze hook and
 the initramfs-tools hook again inside a real guest.
 """
+import base64
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRIB = os.path.join(TOP, "contrib")
 VM = os.path.join(TOP, "tests", "vm")
 AGENT = os.path.join(TOP, "qga_mini.py")
+LAUNCHER = os.path.join(CONTRIB, "qga-mini")
 
 POSIX_SCRIPTS = [
     "contrib/fsfreeze-hook",
@@ -26,6 +31,8 @@ POSIX_SCRIPTS = [
     "contrib/initramfs-tools/scripts/init-bottom/qga-mini",
     "contrib/dracut/99qga-mini/qga-mini-start.sh",
     "contrib/dracut/99qga-mini/qga-mini-stop.sh",
+    "contrib/demo.sh",
+    "contrib/qga-mini",
     "tests/vm/guest/rcS",
     "tests/vm/guest/chpasswd",
     "tests/vm/guest/hook-record",
@@ -94,7 +101,7 @@ class SystemdUnit(unittest.TestCase):
         device = r"dev-virtio\x2dports-org.qemu.guest_agent.0.device"
         self.assertIn("BindsTo=" + device, text)
         self.assertIn("After=" + device, text)
-        self.assertRegex(text, r"(?m)^ExecStart=-?/usr/bin/python3 /usr/lib/qga-mini/qga_mini\.py")
+        self.assertRegex(text, r"(?m)^ExecStart=-?/usr/lib/qga-mini/qga-mini ")
 
 
 class UdevRule(unittest.TestCase):
@@ -200,6 +207,21 @@ class InitScript(unittest.TestCase):
         self.assertEqual(run(["sh", self.SCRIPT, "bogus"]).returncode, 2)
 
 
+class Demo(unittest.TestCase):
+    def test_demo_runs_the_agent_and_the_client_and_cleans_up(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        sock, state = os.path.join(tmp, "s"), os.path.join(tmp, "state")
+        p = run(["sh", os.path.join(CONTRIB, "demo.sh")],
+                env=dict(os.environ, QGA_DEMO_SOCK=sock, QGA_DEMO_STATE=state))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        for text in ("client %s guest-get-osinfo" % sock, '"host-name": ', '"version": ',
+                     "(exit status 1: an error reply)"):
+            self.assertIn(text, p.stdout)
+        self.assertIn("failed to lookup user 'nobody-here'", p.stderr)
+        self.assertFalse(os.path.exists(sock) or os.path.exists(state))
+
+
 @unittest.skipUnless(sys.platform.startswith("linux"), "Linux image tools")
 class ImageBuilders(unittest.TestCase):
     """The initramfs-tools hook (standalone mode) and the dracut module with stand-in dracut."""
@@ -220,7 +242,8 @@ class ImageBuilders(unittest.TestCase):
         self.addCleanup(shutil.rmtree, dest)
         python = os.path.realpath(sys.executable)
         env = dict(os.environ, DESTDIR=dest, QGA_MINI_STANDALONE="1", QGA_MINI_AGENT=AGENT,
-                   QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"), QGA_MINI_PYTHON=python)
+                   QGA_MINI_LAUNCHER=LAUNCHER, QGA_MINI_PYTHON=python,
+                   QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"))
         p = run(["sh", os.path.join(CONTRIB, "initramfs-tools", "hooks", "qga-mini")], env=env)
         self.assertEqual(p.returncode, 0, p.stderr)
         agent = os.path.join(dest, "usr/lib/qga-mini/qga_mini.py")
@@ -233,25 +256,89 @@ class ImageBuilders(unittest.TestCase):
         p = run([py, agent, "--version"])
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("QEMU Guest Agent", p.stdout)
+        # The launcher imports the agent from the bytecode the hook compiled.
+        p = run([os.path.join(dest, "usr/lib/qga-mini/qga-mini"), "--version"],
+                env=dict(os.environ, QGA_MINI_PYTHON=py, PYTHONVERBOSE="1"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("QEMU Guest Agent", p.stdout)
+        self.assertRegex(p.stderr, r"__pycache__/qga_mini\.cpython-\d+\.pyc matches ")
 
+    def test_every_start_script_runs_the_launcher(self):
+        for rel in ("contrib/init.d/qga-mini", "contrib/openrc/qga-mini",
+                    "contrib/systemd/qemu-guest-agent.service",
+                    "contrib/initramfs-tools/scripts/init-top/qga-mini",
+                    "contrib/dracut/99qga-mini/qga-mini-start.sh", "tests/vm/guest/rcS"):
+            with self.subTest(script=rel):
+                text = read(os.path.join(TOP, rel))
+                self.assertIn("/usr/lib/qga-mini/qga-mini", text)
+                self.assertNotRegex(text, r"python3 \S*qga_mini\.py")
+
+
+class Launcher(unittest.TestCase):
+    """contrib/qga-mini, run beside a copy of the agent."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        for path in (LAUNCHER, AGENT):
+            shutil.copy2(path, self.dir)
+        self.launcher = os.path.join(self.dir, "qga-mini")
+
+    def test_options_reach_the_agent_which_names_itself(self):
+        p = run([self.launcher, "--bogus"])
+        self.assertEqual(p.returncode, 1)
+        self.assertTrue(p.stderr.startswith("qga_mini.py: unrecognized option '--bogus'"),
+                        p.stderr)
+        self.assertIn("client SOCKET COMMAND", run([self.launcher, "--help"]).stdout)
+
+    def test_children_do_not_inherit_the_fixed_hash_seed(self):
+        env = dict(os.environ, QGA_MINI_PYTHON=sys.executable)
+        env.pop("PYTHONHASHSEED", None)
+        agent = subprocess.Popen([self.launcher, "-m", "stdio", "-t", self.dir], env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.addCleanup(agent.wait, 10)
+        self.addCleanup(agent.stdout.close)
+        self.addCleanup(agent.stdin.close)
+
+        def call(name, **arguments):
+            agent.stdin.write(json.dumps({"execute": name, "arguments": arguments}).encode())
+            agent.stdin.flush()
+            return json.loads(agent.stdout.readline().decode())["return"]
+
+        pid = call("guest-exec", path="/bin/sh", arg=["-c", 'echo "${PYTHONHASHSEED-unset}"'],
+                   **{"capture-output": True})["pid"]
+        deadline = time.time() + 10
+        status = call("guest-exec-status", pid=pid)
+        while not status["exited"] and time.time() < deadline:
+            time.sleep(0.05)
+            status = call("guest-exec-status", pid=pid)
+        self.assertEqual(base64.b64decode(status["out-data"]), b"unset\n")
+
+
+@unittest.skipUnless(sys.platform.startswith("linux"), "Linux image tools")
+class DracutModule(unittest.TestCase):
     def test_dracut_module_installs_agent_python_and_hooks(self):
         bash = need("bash")
         moddir = os.path.join(CONTRIB, "dracut", "99qga-mini")
+        initdir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, initdir)
         # Stand-ins for dracut's functions that log their calls.
         script = r"""
             require_binaries() { command -v "$@" >/dev/null; }
             inst_binary() { echo "binary $*"; }
-            inst_simple() { echo "simple $*"; }
+            inst_simple() { echo "simple $*"; [ -z "$2" ] || { mkdir -p "$initdir${2%%/*}"; cp "$1" "$initdir$2"; }; }
             inst_library() { echo "library $*"; }
             inst_hook() { echo "hook $*"; }
             instmods() { echo "mods $*"; }
             moddir=%s
+            initdir=%s
             . "$moddir/module-setup.sh"
             check; echo "check $?"
             installkernel
             install
-        """ % moddir
-        env = dict(os.environ, QGA_MINI_AGENT=AGENT, QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"))
+        """ % (moddir, initdir)
+        env = dict(os.environ, QGA_MINI_AGENT=AGENT, QGA_MINI_LAUNCHER=LAUNCHER,
+                   QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"))
         p = run([bash, "-c", script], env=env)
         self.assertEqual(p.returncode, 0, p.stderr)
         out = p.stdout.splitlines()
@@ -259,9 +346,13 @@ class ImageBuilders(unittest.TestCase):
         self.assertIn("mods virtio_console", out)
         self.assertIn("binary python3 /usr/bin/python3", out)
         self.assertIn("simple %s /usr/lib/qga-mini/qga_mini.py" % AGENT, out)
+        self.assertIn("simple %s /usr/lib/qga-mini/qga-mini" % LAUNCHER, out)
         self.assertTrue(any(line.startswith("simple ") and line.endswith("/os.py") for line in out))
         self.assertTrue(any(line.startswith("hook pre-udev 90 ") for line in out))
         self.assertTrue(any(line.startswith("hook cleanup 90 ") for line in out))
+        # The agent's bytecode, compiled in the image for the launcher's import.
+        self.assertTrue(os.path.exists(importlib.util.cache_from_source(
+            os.path.join(initdir, "usr/lib/qga-mini/qga_mini.py"))))
 
 
 if __name__ == "__main__":

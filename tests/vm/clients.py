@@ -11,6 +11,8 @@ Each client's `cmd(name, args)` returns the reply object ({"return": ...} or
   "error" (libvirt's qemu_agent.c).
 - QmpClient: the qemu.qmp package's legacy QEMUMonitorProtocol with
   negotiate=False, as QEMU's qemu-ga-client uses it (replies routed by "id").
+- BuiltinClient: qga_mini.py's own host-side client (``qga_mini.py client``),
+  one process per command; its exit status and output make the reply again.
 """
 import json
 import os
@@ -18,7 +20,11 @@ import random
 import re
 import select
 import socket
+import subprocess
 import time
+
+AGENT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "qga_mini.py")
 
 
 class ClientError(Exception):
@@ -190,3 +196,28 @@ class QmpClient:
             if allow_close:
                 return None
             raise ClientError("%s: %s" % (type(e).__name__, e))
+
+
+class BuiltinClient:
+    """``python3 qga_mini.py client SOCKET COMMAND [JSON-ARGS]``, run for every command.
+
+    Exit 0 with JSON on stdout is a return value (nothing at all: a command that sends
+    no reply worked), exit 1 with "Class: desc" on stderr an error reply.
+    """
+    name = "qga_mini-client"
+
+    def __init__(self, path):
+        self.path = path
+
+    def cmd(self, name, args=None, timeout=5.0, allow_close=False):
+        argv = ["/usr/bin/python3", AGENT, "client", "--timeout", str(timeout), self.path, name]
+        if args is not None:
+            argv.append(json.dumps(args))
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=timeout + 30)
+        if p.returncode == 0:
+            return {"return": json.loads(p.stdout)} if p.stdout.strip() else None
+        if p.returncode == 1:
+            cls, _, desc = p.stderr.strip().partition(": ")
+            return {"error": {"class": cls, "desc": desc}}
+        raise ClientError("qga_mini.py client exited %d: %s" % (p.returncode, p.stderr.strip()))

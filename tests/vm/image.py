@@ -141,6 +141,7 @@ def build_tree(tree, kroot, agent, extra_exec=()):
     # The agent, python3 and the stdlib files it needs: the initramfs-tools
     # hook from contrib/ in its standalone mode.
     env = dict(os.environ, DESTDIR=tree, QGA_MINI_STANDALONE="1", QGA_MINI_AGENT=agent,
+               QGA_MINI_LAUNCHER=os.path.join(CONTRIB, "qga-mini"),
                QGA_MINI_DEPS=os.path.join(CONTRIB, "qga-mini-deps"),
                QGA_MINI_PYTHON="/usr/bin/python3", QGA_MINI_EXTRA_EXEC=" ".join(extra_exec))
     subprocess.run(["sh", os.path.join(CONTRIB, "initramfs-tools", "hooks", "qga-mini")],
