@@ -32,5 +32,8 @@ fuzz: $(VENV)/.fuzz-deps  ## fuzz the framer and dispatcher with atheris (FUZZ_R
 fuzz-corpus:  ## rewrite the seed corpus tests/fuzz/corpus/ from the command table
 	$(PYTHON) -m tests.fuzz.make_corpus
 
+soak:  ## long soak (10^5 requests, 10^3 reconnects; RSS/fd slopes) and the fault tests
+	QGA_SOAK=long $(PYTHON) -m unittest tests.test_soak tests.test_faults -v
+
 demo:  ## run a demo agent on /tmp/qga-demo.sock and ping it
 	sh contrib/demo.sh
