@@ -26,6 +26,7 @@ Security
 Limits (each enforced with a clear error; see the constants below)
     one JSON message        64 MiB, 2 Mi tokens, nesting depth 1024
     guest-file-read count   48 MiB per call
+    guest-file handles      1024 open at once
     guest-exec output       16 MiB per stream, then ``*-truncated``
 
 Python 3.6 or newer, Linux, nothing outside the standard library.
@@ -100,6 +101,7 @@ MIN_SET_YEAR, MAX_SET_YEAR = 1970, 2069   # guest-set-time's accepted range (qem
 # Constants of the files commands.
 DEFAULT_READ_COUNT = 4096          # guest-file-read count when absent (qemu-ga's default)
 MAX_READ_COUNT = 48 << 20          # per guest-file-read (CVE-2018-12617): base64 fits 64 MiB
+MAX_FILE_HANDLES = 1024            # open guest-file handles; qemu-ga opens until EMFILE
 NEW_FILE_MODE = 0o666              # files guest-file-open creates, less the umask (see README)
 # guest-file-open modes, exactly the strings qemu-ga accepts, and their open(2) flags.
 FILE_OPEN_MODES = {
@@ -1521,6 +1523,9 @@ def guest_file_open(agent, path, mode="r"):
     flags = FILE_OPEN_MODES.get(mode)
     if flags is None:
         raise QgaError("invalid file open mode '%s'" % mode)
+    if len(agent.file_handles) >= MAX_FILE_HANDLES:
+        raise QgaError("too many open guest-file handles: %d are open; close one with "
+                       "guest-file-close" % MAX_FILE_HANDLES)
     try:
         fd = os.open(path, flags | FILE_OPEN_EXTRA_FLAGS, NEW_FILE_MODE)
     except (OSError, ValueError) as exc:     # ValueError: a NUL or lone surrogate in path

@@ -1,0 +1,91 @@
+"""The README's "Limits and guarantees" table: each limit of the constants block, reached,
+and the error the host sees at it.  The agent stays usable at every limit."""
+import base64
+import os
+import shutil
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+from tests.support import AgentHarness, qga_mini
+
+
+class Limits(unittest.TestCase):
+    def setUp(self):
+        self.h = AgentHarness()
+        self.addCleanup(self.h.close)
+        self.tmp = tempfile.mkdtemp(prefix="qga-limits-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.file = os.path.join(self.tmp, "data")
+        with open(self.file, "wb") as f:
+            f.write(b"limits\n")
+
+    def test_the_values_the_readme_states(self):
+        self.assertEqual(qga_mini.MAX_MESSAGE_BYTES, 64 << 20)
+        self.assertEqual(qga_mini.MAX_MESSAGE_TOKENS, 2 << 20)
+        self.assertEqual(qga_mini.MAX_NESTING, 1024)
+        self.assertEqual(qga_mini.MAX_READ_COUNT, 48 << 20)
+        self.assertEqual(qga_mini.EXEC_OUTPUT_CAP, 16 << 20)
+        self.assertEqual(qga_mini.MAX_EXEC_PROCESSES, 256)
+        self.assertEqual(qga_mini.MAX_FILE_HANDLES, 1024)
+        self.assertEqual(qga_mini.MAX_PENDING_OUTPUT, 1 << 20)
+
+    def test_nesting_limit(self):
+        depth = qga_mini.MAX_NESTING
+        ok = b'{"execute":"guest-ping","id":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+        self.h.send(ok)
+        self.assertEqual(self.h.read_reply()["return"], {})
+        self.h.send(b'{"execute":"guest-ping","id":' + b"[" * depth + b"]" * depth + b"}")
+        self.assertEqual(self.h.read_reply()["error"]["desc"],
+                         "JSON nesting depth limit exceeded")
+        self.assertEqual(self.h.call("guest-ping"), {})      # the rest was skipped, one error
+
+    def test_read_count_limit(self):
+        handle = self.h.call("guest-file-open", path=self.file)
+        count = qga_mini.MAX_READ_COUNT + 1
+        self.assertEqual(self.h.error("guest-file-read", handle=handle, count=count),
+                         ("GenericError", "value '%d' is invalid for argument count" % count))
+
+    def test_open_file_handles_limit(self):
+        """Past MAX_FILE_HANDLES open handles a clear error, instead of running the agent out
+        of file descriptors (then guest-exec, helpers and new clients fail with EMFILE)."""
+        with mock.patch.object(qga_mini, "MAX_FILE_HANDLES", 3):
+            handles = [self.h.call("guest-file-open", path=self.file) for _ in range(3)]
+            self.assertEqual(self.h.error("guest-file-open", path=self.file),
+                             ("GenericError", "too many open guest-file handles: 3 are open; "
+                              "close one with guest-file-close"))
+            self.h.call("guest-file-close", handle=handles[0])
+            self.h.call("guest-file-open", path=self.file)
+        self.assertEqual(len(self.h.agent.file_handles), 3)
+
+    def test_exec_processes_limit(self):
+        with mock.patch.object(qga_mini, "MAX_EXEC_PROCESSES", 2):
+            pids = [self.h.call("guest-exec", path="/bin/true")["pid"] for _ in range(2)]
+            self.assertEqual(self.h.error("guest-exec", path="/bin/true"),
+                             ("GenericError", "too many guest-exec processes: 2 are running "
+                              "or waiting for guest-exec-status to collect them"))
+            for pid in pids:
+                deadline = time.time() + 10
+                while not self.h.call("guest-exec-status", pid=pid)["exited"]:
+                    self.assertLess(time.time(), deadline)
+                    time.sleep(0.01)
+            self.h.call("guest-exec", path="/bin/true")
+
+    def test_exec_output_cap(self):
+        with mock.patch.object(qga_mini, "EXEC_OUTPUT_CAP", 10):
+            pid = self.h.call("guest-exec", path="/bin/echo", arg=["0123456789abc"],
+                              **{"capture-output": True})["pid"]
+            deadline = time.time() + 10
+            while True:
+                status = self.h.call("guest-exec-status", pid=pid)
+                if status["exited"]:
+                    break
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.01)
+        self.assertEqual(base64.b64decode(status["out-data"]), b"0123456789")
+        self.assertIs(status["out-truncated"], True)
+
+
+if __name__ == "__main__":
+    unittest.main()
