@@ -80,6 +80,7 @@ DEFAULT_FSFREEZE_HOOK = "/etc/qemu/fsfreeze-hook"
 STATE_FILE = "qga.state"
 FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
+FD_RESERVE = 64                    # fds beyond the handle and exec caps: channel, log, helpers
 
 # Constants of the time commands.
 # Helper programs (shutdown, hwclock, chpasswd, ...) are searched in the agent's PATH, then
@@ -4043,6 +4044,7 @@ def main(argv=None, environ=None):
             agent.cleanups.append(lambda: os.unlink(config.pidfile))
         if config.method == "unix-listen" and config.listen_fd is None:
             agent.cleanups.append(lambda: os.path.exists(config.path) and os.unlink(config.path))
+        raise_fd_limit()
         start_agent(agent)
     except UsageError as exc:
         sys.stderr.write("%s: %s\n" % (prog, exc))
@@ -4053,6 +4055,25 @@ def main(argv=None, environ=None):
         return serve(agent)
     finally:
         agent.shutdown()
+
+
+def fd_budget():
+    """The file descriptors the agent may need with every cap reached: each guest-file handle,
+    and per exec child its stdin, stdout and stderr pipes and a pidfd."""
+    return MAX_FILE_HANDLES + 4 * MAX_EXEC_PROCESSES + FD_RESERVE
+
+
+def raise_fd_limit():
+    """Raise the soft RLIMIT_NOFILE (1024 under systemd and most shells) to fd_budget(), as far
+    as the hard limit allows, so each cap is reached with its own error before EMFILE."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = fd_budget() if hard == resource.RLIM_INFINITY else min(fd_budget(), hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            pass
 
 
 def start_agent(agent):

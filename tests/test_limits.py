@@ -2,13 +2,14 @@
 and the error the host sees at it.  The agent stays usable at every limit."""
 import base64
 import os
+import resource
 import shutil
 import tempfile
 import time
 import unittest
 from unittest import mock
 
-from tests.support import AgentHarness, qga_mini
+from tests.support import AgentHarness, AgentProcess, qga_mini
 
 
 class Limits(unittest.TestCase):
@@ -58,6 +59,27 @@ class Limits(unittest.TestCase):
             self.h.call("guest-file-close", handle=handles[0])
             self.h.call("guest-file-open", path=self.file)
         self.assertEqual(len(self.h.agent.file_handles), 3)
+
+    def test_handle_limit_is_reached_before_the_fd_limit(self):
+        """Started with the usual soft limit of 1024 fds, the agent still reaches the handle
+        cap with its own error, and guest-exec still works there."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < qga_mini.fd_budget():
+            self.skipTest("the hard fd limit %d is below the agent's budget" % hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            agent = AgentProcess()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.addCleanup(agent.close)
+        client = agent.connect()
+        for _ in range(qga_mini.MAX_FILE_HANDLES):
+            client.call("guest-file-open", path=self.file)
+        self.assertEqual(client.error("guest-file-open", path=self.file)[1],
+                         "too many open guest-file handles: %d are open; close one with "
+                         "guest-file-close" % qga_mini.MAX_FILE_HANDLES)
+        pid = client.call("guest-exec", path="/bin/true", **{"capture-output": True})["pid"]
+        self.assertIsInstance(pid, int)
 
     def test_exec_processes_limit(self):
         with mock.patch.object(qga_mini, "MAX_EXEC_PROCESSES", 2):
