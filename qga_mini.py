@@ -3367,6 +3367,7 @@ class Connection(object):
         self.framer = Framer()
         self.out = []            # memoryviews still to write
         self.pending = 0
+        self.read_closed = False  # the host shut its write side: hang up once replies are out
 
     def queue(self, chunks):
         for chunk in chunks:
@@ -3497,7 +3498,13 @@ class Server(object):
                 self.on_hangup("error reading channel: %s" % os_error_text(exc))
                 return
             if not data:
-                self.on_hangup("received EOF")
+                # A host that only shut its write side (socat, nc -N) still reads: send it
+                # the replies first, as qemu-ga does; one that is gone fails the write.
+                conn.read_closed = self.listener is not None and bool(conn.out)
+                if conn.read_closed:
+                    self.on_writable()
+                else:
+                    self.on_hangup("received EOF")
                 return
             conn.queue(self.agent.handle_bytes(conn.framer, data))
             self.on_writable()
@@ -3510,6 +3517,9 @@ class Server(object):
             conn.flush()
         except OSError as exc:
             self.on_hangup("error sending reply: %s" % os_error_text(exc))
+            return
+        if conn.read_closed and not conn.out:
+            self.on_hangup("received EOF")
 
     def on_hangup(self, why):
         """The host went away.

@@ -99,6 +99,23 @@ class HostVanishes(FaultTestCase):
         self.assertEqual(LineClient(second, HANG_BOUND).read_reply(), {"return": 2})
         second.close()
 
+    def test_write_side_only_gets_the_whole_reply(self):
+        """A host that sends its request and shuts its write side (``socat``, ``nc -N``,
+        a shell pipeline) still reads the whole reply, even one far larger than the socket
+        buffer, as qemu-ga writes it before looking for more input."""
+        path = os.path.join(self.tmp, "four-mib")
+        with open(path, "wb") as f:
+            f.write(b"\x5a" * (4 << 20))
+        client = self.agent.connect()
+        handle = client.call("guest-file-open", path=path)
+        client.send({"execute": "guest-file-read", "arguments": {"handle": handle,
+                                                                 "count": 4 << 20}})
+        client.sock.shutdown(socket.SHUT_WR)
+        reply = client.read_reply()
+        self.assertEqual(reply["return"]["count"], 4 << 20)
+        self.assertEqual(client.sock.recv(10), b"")          # then the agent hangs up
+        self.next_client_is_served()
+
     def test_mid_exec(self):
         first = self.agent.connect()
         pid = first.call("guest-exec", path="/bin/sh",
