@@ -677,35 +677,40 @@ def _string_value(raw):
     return _ESCAPE.sub(_unescape, text) if "\\" in text else text
 
 
-def parse_json_qemu(raw):
-    """Parse one message exactly as qemu's JSON parser does, errors included.
-
-    Iterative (no recursion limit to hit at depth 1024); the first error found is the one
-    reported, as in qemu.
-    """
-    tokens = []
+def _lex(raw):
+    """The tokens of one message, one at a time; JsonError at a byte that starts none."""
     pos, end = 0, len(raw)
     while True:
         pos = _SPACE.match(raw, pos).end()
         if pos >= end:
-            break
+            return
         m = _TOKEN.match(raw, pos)
         if m is None:
             raise JsonError("stray '%s'" % _quote_token(raw[pos:pos + 1]))
-        tokens.append(m)
+        yield m
         pos = m.end()
+
+
+def parse_json_qemu(raw):
+    """Parse one message exactly as qemu's JSON parser does, errors included.
+
+    Iterative (no recursion limit to hit at depth 1024); the first error found is the one
+    reported, as in qemu.  qemu lexes the whole message before parsing it, so the tokens are
+    walked twice rather than kept: a list of 2 Mi match objects would take half a gigabyte.
+    """
+    for _ in _lex(raw):
+        pass                # a lexer error anywhere comes before any parser error
+    tokens = _lex(raw)
 
     # An explicit stack instead of recursion: depth 1024 must not hit Python's limit.
     stack = []          # frames: [container, expecting, pending key]
-    i, n = 0, len(tokens)
     while True:
-        if i >= n:
+        tok = next(tokens, None)
+        if tok is None:
             raise JsonError("premature EOI")
-        tok = tokens[i]
         punct = tok.group("punct")
         frame = stack[-1] if stack else None
         expecting = frame[1] if frame else "value"
-        i += 1
         if expecting == "colon":
             if punct != b":":
                 raise JsonError("missing : in object pair")

@@ -9,6 +9,7 @@ import time
 import unittest
 from unittest import mock
 
+from tests.procstat import status_field
 from tests.support import AgentHarness, AgentProcess, qga_mini
 
 
@@ -41,6 +42,23 @@ class Limits(unittest.TestCase):
         self.assertEqual(self.h.read_reply()["error"]["desc"],
                          "JSON nesting depth limit exceeded")
         self.assertEqual(self.h.call("guest-ping"), {})      # the rest was skipped, one error
+
+    def test_parsing_memory_follows_the_bytes_not_the_tokens(self):
+        """A message only qemu's parser can judge (a trailing comma, single quotes) with
+        half a million values: peak memory stays a small multiple of its 1 MB, as for valid
+        JSON (qemu-ga needs 4 KiB per value; we needed 240 bytes per token, 250 MB here)."""
+        with AgentProcess() as agent:
+            client = agent.connect()
+            for message, reply in (
+                    (b'{"execute":"guest-ping","id":[' + b"1," * 500000 + b"]}",
+                     {"error": {"class": "GenericError",
+                                "desc": "JSON parse error, expecting value"}}),
+                    (b"{'execute':'guest-ping','id':[" + b"'',"* 500000 + b"'']}",
+                     {"return": {}, "id": [""] * 500001})):
+                client.send(message)
+                self.assertEqual(client.read_reply(), reply)
+            peak_kib = status_field(agent.proc.pid, "VmHWM")
+        self.assertLess(peak_kib, 100 * 1024)
 
     def test_read_count_limit(self):
         handle = self.h.call("guest-file-open", path=self.file)
