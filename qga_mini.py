@@ -49,7 +49,7 @@ import stat
 import struct
 import sys
 import time
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict, deque, namedtuple
 
 # ==============================================================================================
 # Constants and limits
@@ -1239,21 +1239,32 @@ class Agent(object):
 
     def handle_bytes(self, framer, data):
         """Feed received bytes; the reply chunks for every message they complete."""
-        out = []
-        events = framer.feed(data)
-        for i in range(len(events)):
-            event, events[i] = events[i], None    # a message's bytes die with its parsing
+        return self.answer(deque(framer.feed(data)))
+
+    def answer(self, events, limit=None):
+        """The reply chunks for framer events, taken from the front of the deque ``events``.
+
+        With ``limit``, it stops once the replies reach ``limit`` bytes and leaves the rest
+        in ``events``: one read can hold hundreds of requests for 64 MiB replies.
+        """
+        out, size = [], 0
+        while events and (limit is None or size < limit):
+            event, error = events.popleft(), None
             if isinstance(event, QgaError):
-                out.extend(encode_reply({"error": {"class": event.cls, "desc": event.desc}}))
-                continue
-            try:
-                request = parse_message(*event)
-            except JsonError as exc:
-                out.extend(encode_reply({"error": {"class": GENERIC_ERROR,
-                                                   "desc": "JSON parse error, %s" % exc}}))
-                continue
-            event = None
-            out.extend(self.dispatch(request))
+                error = event
+            else:
+                try:
+                    request = parse_message(*event)
+                except JsonError as exc:
+                    error = QgaError("JSON parse error, %s" % exc)
+                event = None                    # a message's bytes die with its parsing
+            if error is None:
+                chunks = self.dispatch(request)
+                request = None
+            else:
+                chunks = encode_reply({"error": {"class": error.cls, "desc": error.desc}})
+            out.extend(chunks)
+            size += sum(len(chunk) for chunk in chunks)
         return out
 
 
@@ -3373,6 +3384,7 @@ class Connection(object):
         self.out = []            # memoryviews still to write
         self.pending = 0
         self.read_closed = False  # the host shut its write side: hang up once replies are out
+        self.backlog = deque()   # framed requests not answered yet (replies were piling up)
 
     def queue(self, chunks):
         for chunk in chunks:
@@ -3490,6 +3502,10 @@ class Server(object):
         """Read until the fd runs dry (edge trigger), answering every complete request."""
         conn = self.conn
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
+            if conn.backlog:
+                conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
+                self.on_writable()
+                continue
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -3511,8 +3527,7 @@ class Server(object):
                 else:
                     self.on_hangup("received EOF")
                 return
-            conn.queue(self.agent.handle_bytes(conn.framer, data))
-            self.on_writable()
+            conn.backlog.extend(conn.framer.feed(data))
 
     def on_writable(self):
         conn = self.conn

@@ -60,6 +60,28 @@ class Limits(unittest.TestCase):
             peak_kib = status_field(agent.proc.pid, "VmHWM")
         self.assertLess(peak_kib, 100 * 1024)
 
+    def test_pipelined_big_replies_wait_for_the_host(self):
+        """Forty 8 MiB reads in one write, none of the replies read yet: the agent answers
+        them as the host reads, holding about MAX_PENDING_OUTPUT plus one reply, instead of
+        all forty (430 MiB; one 64 KiB read fits 600 such requests)."""
+        path = os.path.join(self.tmp, "eight-mib")
+        with open(path, "wb") as f:
+            f.truncate(8 << 20)
+        with AgentProcess() as agent:
+            client = agent.connect()
+            handle = client.call("guest-file-open", path=path)
+            request = ('{"execute":"guest-file-read","arguments":{"handle":%d,"count":%d}}'
+                       % (handle, 8 << 20)).encode()
+            client.send(b'{"execute":"guest-file-seek","arguments":{"handle":%d,"offset":0,'
+                        b'"whence":"set"}}%s' % (handle, request) * 40)
+            time.sleep(1.0)
+            peak_kib = status_field(agent.proc.pid, "VmHWM")
+            for _ in range(40):
+                self.assertEqual(client.read_reply()["return"]["position"], 0)
+                self.assertEqual(client.read_reply()["return"]["count"], 8 << 20)
+            self.assertEqual(client.call("guest-ping"), {})
+        self.assertLess(peak_kib, 100 * 1024)
+
     def test_read_count_limit(self):
         handle = self.h.call("guest-file-open", path=self.file)
         count = qga_mini.MAX_READ_COUNT + 1
