@@ -3499,9 +3499,16 @@ class Server(object):
     # -- I/O -------------------------------------------------------------------------------------
 
     def on_readable(self):
-        """Read until the fd runs dry (edge trigger), answering every complete request."""
+        """Read until the fd runs dry (edge trigger), answering every complete request.
+
+        A host that never pauses keeps the fd from running dry, so a stop request and the
+        timers are looked at between reads, not only in the event loop.
+        """
         conn = self.conn
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
+            if self.stop_requested:
+                return
+            self.agent.run_due_timers()
             if conn.backlog:
                 conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
                 self.on_writable()

@@ -17,7 +17,7 @@ import unittest
 
 from tests.hostile import MACHINE_COMMANDS
 from tests.procstat import zombies
-from tests.support import AgentProcess, LineClient, qga_mini
+from tests.support import AgentHarness, AgentProcess, LineClient, qga_mini
 
 BLOCKED = ",".join(name for name in MACHINE_COMMANDS if name not in ("guest-exec",
                                                                       "guest-file-open"))
@@ -205,6 +205,30 @@ class Sigterm(FaultTestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(len(chunk)), chunk)
 
+    def test_under_a_request_flood(self):
+        """A host that writes requests without a pause (and reads the replies) never lets
+        the read run dry; the agent must still see the signal."""
+        client = self.next_client_is_served()
+        stop = threading.Event()
+
+        def pump(action):
+            try:
+                while not stop.is_set() and action():
+                    pass
+            except OSError:
+                pass
+
+        flood = b'{"execute":"guest-ping"}' * 2000
+        for action in (lambda: client.sock.recv(1 << 20),
+                       lambda: client.sock.sendall(flood) or True):
+            thread = threading.Thread(target=pump, args=(action,), daemon=True)
+            thread.start()
+            self.addCleanup(thread.join, HANG_BOUND)
+        self.addCleanup(stop.set)
+        time.sleep(0.5)
+        self.terminate()
+        self.assert_clean_state_dir(self.agent.statedir)
+
     def start_frozen(self):
         """An agent whose state dir has the frozen marker of a previous instance."""
         self.agent.close()
@@ -243,6 +267,33 @@ class Sigterm(FaultTestCase):
         self.assertEqual(client.call("guest-fsfreeze-status"), "thawed")
         self.terminate()
         self.assert_clean_state_dir(statedir)
+
+
+class Flood(unittest.TestCase):
+    def test_timers_run_while_a_host_floods_requests(self):
+        """Timers (the freeze watchdog's auto-thaw) fire even when the reads never run dry."""
+        with AgentHarness() as h:
+            stop, fired = threading.Event(), threading.Event()
+            flood = b'{"execute":"guest-ping"}' * 2000
+
+            def pump(action):
+                try:
+                    while not stop.is_set():
+                        action()
+                except OSError:
+                    pass
+
+            threads = [threading.Thread(target=pump, args=(action,), daemon=True)
+                       for action in (lambda: h.sock.recv(1 << 20),
+                                      lambda: h.sock.sendall(flood))]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            h.agent.call_later(0.1, fired.set)
+            self.assertTrue(fired.wait(HANG_BOUND), "the timer never ran")
+            stop.set()
+            for thread in threads:
+                thread.join(HANG_BOUND)
 
 
 if __name__ == "__main__":
