@@ -3579,9 +3579,21 @@ class Server(object):
             self.run_serial()
 
     def run_stdio(self):
-        """One client on stdin/stdout, served with plain blocking I/O until EOF."""
+        """One client on stdin/stdout, served with plain blocking I/O until EOF.
+
+        The wait for input is a poll() that the wake pipe ends: a read() blocked in the
+        kernel would be resumed after the SIGTERM handler, and the agent would not stop.
+        """
         framer = Framer()
+        poller = select.poll()
+        for fd in (0, self.wake_r):
+            poller.register(fd, select.POLLIN)
         while not self.stop_requested:
+            delay = self.agent.next_timer_delay()
+            ready = [fd for fd, _ in poller.poll(None if delay is None else delay * 1000)]
+            self.agent.run_due_timers()
+            if 0 not in ready:
+                continue
             try:
                 data = os.read(0, READ_CHUNK)
             except InterruptedError:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -17,7 +18,7 @@ import unittest
 
 from tests.hostile import MACHINE_COMMANDS
 from tests.procstat import zombies
-from tests.support import AgentHarness, AgentProcess, LineClient, qga_mini
+from tests.support import AGENT, PYTHON, AgentHarness, AgentProcess, LineClient, qga_mini
 
 BLOCKED = ",".join(name for name in MACHINE_COMMANDS if name not in ("guest-exec",
                                                                       "guest-file-open"))
@@ -228,6 +229,20 @@ class Sigterm(FaultTestCase):
         time.sleep(0.5)
         self.terminate()
         self.assert_clean_state_dir(self.agent.statedir)
+
+    def test_stdio_waiting_for_input(self):
+        """-m stdio blocks waiting for the next request; SIGTERM must still end it."""
+        statedir = os.path.join(self.tmp, "stdio-state")
+        proc = subprocess.Popen([PYTHON, AGENT, "-m", "stdio", "-t", statedir],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        proc.stdin.write(b'{"execute":"guest-ping"}')
+        proc.stdin.flush()
+        self.assertEqual(proc.stdout.readline(), b'{"return": {}}\n')
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(HANG_BOUND), 0)
+        self.assert_clean_state_dir(statedir)
 
     def start_frozen(self):
         """An agent whose state dir has the frozen marker of a previous instance."""
