@@ -36,6 +36,13 @@ def children(pid):
     return found
 
 
+def cpu_seconds(pid):
+    """User + system CPU time the process has used so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def zombies(pid):
     return [child for child, state in children(pid) if state == "Z"]
 

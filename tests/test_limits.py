@@ -9,7 +9,7 @@ import time
 import unittest
 from unittest import mock
 
-from tests.procstat import status_field
+from tests.procstat import cpu_seconds, status_field
 from tests.support import AgentHarness, AgentProcess, qga_mini
 
 
@@ -81,6 +81,17 @@ class Limits(unittest.TestCase):
                 self.assertEqual(client.read_reply()["return"]["count"], 8 << 20)
             self.assertEqual(client.call("guest-ping"), {})
         self.assertLess(peak_kib, 100 * 1024)
+
+    def test_idle_agent_uses_no_cpu(self):
+        """No polling: an idle agent sleeps in epoll, with or without a client connected."""
+        with AgentProcess() as agent:
+            for connected in (False, True):
+                if connected:
+                    agent.connect().call("guest-ping")
+                time.sleep(0.2)
+                before = cpu_seconds(agent.proc.pid)
+                time.sleep(1.0)
+                self.assertLess(cpu_seconds(agent.proc.pid) - before, 0.05)
 
     def test_read_count_limit(self):
         handle = self.h.call("guest-file-open", path=self.file)
