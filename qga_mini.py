@@ -1080,9 +1080,16 @@ class StateDir(object):
     def write_counter(self, value):
         """Replace qga.state atomically (temp file + rename, as GLib does)."""
         tmp = "%s.%d.tmp" % (self.state_file, os.getpid())
-        with open(tmp, "w") as f:
-            f.write("[global]\nfd_counter=%d\n" % value)
-        os.rename(tmp, self.state_file)
+        try:
+            with open(tmp, "w") as f:
+                f.write("[global]\nfd_counter=%d\n" % value)
+            os.rename(tmp, self.state_file)
+        except (OSError, IOError):
+            try:
+                os.unlink(tmp)              # a full disk must not leave litter behind
+            except OSError:
+                pass
+            raise
 
     def is_frozen(self):
         return os.path.exists(self.frozen_marker)

@@ -132,6 +132,16 @@ class Limits(unittest.TestCase):
         pid = client.call("guest-exec", path="/bin/true", **{"capture-output": True})["pid"]
         self.assertIsInstance(pid, int)
 
+    def test_a_failed_state_commit_leaves_no_temporary_file(self):
+        """A full disk (here a failing rename) while qga.state is rewritten: the open fails
+        with qemu-ga's error and the state dir keeps only qga.state."""
+        failure = OSError(28, os.strerror(28))
+        with mock.patch.object(qga_mini.os, "rename", side_effect=failure):
+            self.assertEqual(self.h.error("guest-file-open", path=self.file),
+                             ("GenericError", "failed to commit persistent state to disk"))
+        self.assertEqual(os.listdir(self.h.statedir), ["qga.state"])
+        self.h.call("guest-file-open", path=self.file)
+
     def test_exec_processes_limit(self):
         with mock.patch.object(qga_mini, "MAX_EXEC_PROCESSES", 2):
             pids = [self.h.call("guest-exec", path="/bin/true")["pid"] for _ in range(2)]
