@@ -27,7 +27,9 @@ Limits (each enforced with a clear error; see the constants below)
     one JSON message        64 MiB, 2 Mi tokens, nesting depth 1024
     guest-file-read count   48 MiB per call
     guest-file handles      1024 open at once
-    guest-exec output       16 MiB per stream, then ``*-truncated``
+    guest-exec output       16 MiB per stream, 256 MiB held for all children; then
+                            ``*-truncated``
+    guest-exec children     256 running or not yet collected
 
 Python 3.6 or newer, Linux, nothing outside the standard library.
 """
@@ -122,6 +124,7 @@ SEEK_WHENCE = {"set": os.SEEK_SET, "cur": os.SEEK_CUR, "end": os.SEEK_END}
 
 # Constants of the exec commands.
 EXEC_OUTPUT_CAP = 16 << 20         # bytes kept per captured stream; the rest is read and dropped
+EXEC_OUTPUT_TOTAL_CAP = 256 << 20  # ...and for all uncollected children together (not 8 GiB)
 EXEC_READ_CHUNK = 65536            # bytes per read of a child's output pipe
 EXEC_WRITE_CHUNK = 65536           # bytes per write of input-data into a child's stdin
 MAX_EXEC_PROCESSES = 256           # children tracked at once (running or not yet collected)
@@ -1744,8 +1747,13 @@ class ExecChild(object):
     of file (a grandchild holding stdout open keeps it unset, as in qemu-ga).
     """
 
+    held = 0                # bytes of captured output all children hold together
+    held_lock = None
+
     def __init__(self, proc, input_data):
         import threading
+        if ExecChild.held_lock is None:
+            ExecChild.held_lock = threading.Lock()
         self.proc = proc
         self.out = bytearray() if proc.stdout is not None else None
         self.err = bytearray() if proc.stderr is not None else None
@@ -1829,14 +1837,22 @@ class ExecChild(object):
                 os.close(pidfd)
 
     def _keep(self, name, data):
-        """Store output up to the cap; past it, note the truncation and drop the bytes."""
+        """Store output up to the caps (per stream, and for all children together); past
+        them, note the truncation and drop the bytes."""
         buf = self.out if name == "out" else self.err
-        room = EXEC_OUTPUT_CAP - len(buf)
-        if len(data) > room:
-            setattr(self, name + "_truncated", True)
-            data = data[:room]
+        with ExecChild.held_lock:
+            room = max(0, min(EXEC_OUTPUT_CAP - len(buf), EXEC_OUTPUT_TOTAL_CAP - ExecChild.held))
+            if len(data) > room:
+                setattr(self, name + "_truncated", True)
+                data = data[:room]
+            ExecChild.held += len(data)
         if data:
             buf += data
+
+    def release(self):
+        """Give the output back to the budget of all children: it has been collected."""
+        with ExecChild.held_lock:
+            ExecChild.held -= len(self.out or b"") + len(self.err or b"")
 
     def status(self):
         """GuestExecStatus in qemu-ga's key order, base64 as bytes for the encoder."""
@@ -1898,6 +1914,7 @@ def guest_exec_status(agent, pid):
     result = child.status()
     if result["exited"]:
         del agent.exec_children[pid]
+        child.release()
     return result
 
 # (end of exec commands)

@@ -29,6 +29,7 @@ class Limits(unittest.TestCase):
         self.assertEqual(qga_mini.MAX_NESTING, 1024)
         self.assertEqual(qga_mini.MAX_READ_COUNT, 48 << 20)
         self.assertEqual(qga_mini.EXEC_OUTPUT_CAP, 16 << 20)
+        self.assertEqual(qga_mini.EXEC_OUTPUT_TOTAL_CAP, 256 << 20)
         self.assertEqual(qga_mini.MAX_EXEC_PROCESSES, 256)
         self.assertEqual(qga_mini.MAX_FILE_HANDLES, 1024)
         self.assertEqual(qga_mini.MAX_PENDING_OUTPUT, 1 << 20)
@@ -154,6 +155,35 @@ class Limits(unittest.TestCase):
                     self.assertLess(time.time(), deadline)
                     time.sleep(0.01)
             self.h.call("guest-exec", path="/bin/true")
+
+    def collect(self, pid):
+        deadline = time.time() + 10
+        while True:
+            status = self.h.call("guest-exec-status", pid=pid)
+            if status["exited"]:
+                return status
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.01)
+
+    def test_exec_output_held_for_all_children_is_capped(self):
+        """Uncollected output of all children together stays under EXEC_OUTPUT_TOTAL_CAP
+        (else 256 children x 2 streams x 16 MiB = 8 GiB); what does not fit is dropped and
+        flagged truncated, and collecting a child gives its share back."""
+        def run(text):
+            pid = self.h.call("guest-exec", path="/bin/echo", arg=["-n", text],
+                              **{"capture-output": True})["pid"]
+            self.assertTrue(self.h.agent.exec_children[pid].finished.wait(10))
+            return pid
+
+        with mock.patch.object(qga_mini, "EXEC_OUTPUT_TOTAL_CAP", 12):
+            first, second = run("12345678"), run("abcdefgh")
+            self.assertEqual(base64.b64decode(self.collect(first)["out-data"]), b"12345678")
+            status = self.collect(second)
+            self.assertEqual(base64.b64decode(status["out-data"]), b"abcd")
+            self.assertIs(status["out-truncated"], True)
+            status = self.collect(run("ABCDEFGH"))
+            self.assertEqual(base64.b64decode(status["out-data"]), b"ABCDEFGH")
+            self.assertIs(status["out-truncated"], False)
 
     def test_exec_output_cap(self):
         with mock.patch.object(qga_mini, "EXEC_OUTPUT_CAP", 10):
