@@ -16,7 +16,7 @@ import threading
 import time
 import unittest
 
-from tests.hostile import MACHINE_COMMANDS
+from tests.hostile import MACHINE_COMMANDS, fixture_guest
 from tests.procstat import zombies
 from tests.support import AGENT, PYTHON, AgentHarness, AgentProcess, LineClient, qga_mini
 
@@ -273,15 +273,21 @@ class Sigterm(FaultTestCase):
     @unittest.skipUnless("guest-fsfreeze-thaw" in qga_mini.COMMANDS,
                          "TODO(storage): needs guest-fsfreeze-thaw, not on main yet")
     def test_thaw_then_sigterm_exits(self):
-        """After guest-fsfreeze-thaw the marker is gone and SIGTERM ends the agent.  (The
-        agent froze nothing itself, so the thaw changes nothing on this machine.)"""
-        client, statedir = self.start_frozen()
-        self.terminate(expect_exit=False)
-        time.sleep(0.5)
-        client.call("guest-fsfreeze-thaw")
-        self.assertEqual(client.call("guest-fsfreeze-status"), "thawed")
-        self.terminate()
-        self.assert_clean_state_dir(statedir)
+        """After guest-fsfreeze-thaw the marker is gone and SIGTERM stops the agent.
+
+        In-process, rooted in a fixture guest with no mounts: a real agent's thaw would
+        FITHAW every file system of this machine, including ones another test froze."""
+        guest = fixture_guest()
+        self.addCleanup(guest.close)
+        guest.write("/proc/self/mountinfo", "")
+        with AgentHarness(host_root=guest.root) as h:
+            h.agent.set_frozen(True)            # as at start-up with the marker
+            h.server.request_stop(signal.SIGTERM)
+            self.assertFalse(h.server.stop_requested, "stopped while frozen")
+            self.assertEqual(h.call("guest-fsfreeze-thaw"), 0)
+            self.assertFalse(os.path.exists(h.agent.state.frozen_marker))
+            h.server.request_stop(signal.SIGTERM)
+            self.assertTrue(h.server.stop_requested)
 
 
 class Flood(unittest.TestCase):
