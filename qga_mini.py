@@ -62,7 +62,7 @@ MAX_MESSAGE_BYTES = 64 << 20       # bytes of one request; large enough for a 48
 MAX_MESSAGE_TOKENS = 2 << 20       # tokens of one request
 MAX_NESTING = 1024                 # open braces + brackets of one request
 READ_CHUNK = 65536                 # bytes per read(); qemu-ga uses 4096, more is fewer syscalls
-MAX_PENDING_OUTPUT = 1 << 20       # stop reading requests while this much reply data waits
+MAX_PENDING_OUTPUT = 1 << 20       # stop reading and answering while this much reply waits
 ERROR_TOKEN_ECHO = 64              # bytes of a bad token quoted back in a lexer error
 
 # Channels.
