@@ -1,7 +1,7 @@
 # qga-mini developer targets.  `make help` lists them; CI runs `make test`.
 PYTHON ?= /usr/bin/python3
 
-.PHONY: help test schema-check vermin bench vm-test fuzz soak demo
+.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus soak demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,26 @@ bench:  ## qga-mini and qemu-ga side by side: start-up, RSS, throughput, latency
 
 vm-test:  ## boot a busybox+python guest under QEMU and drive the agent like real hosts
 	bash tests/vm/run.sh
+
+# The fuzzer's dependency lives in .venv/ (git-ignored): nothing is installed system-wide.
+VENV = .venv
+FUZZ_RUNS ?= 1000000
+FUZZ_JOBS ?= 2
+
+$(VENV)/.fuzz-deps:
+	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv \
+		&& $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/pip install --quiet atheris==3.0.0
+	touch $@
+
+fuzz: $(VENV)/.fuzz-deps  ## fuzz the framer and dispatcher with atheris (FUZZ_RUNS=1000000 inputs)
+	$(VENV)/bin/python -m tests.fuzz.run --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS)
+
+fuzz-corpus:  ## rewrite the seed corpus tests/fuzz/corpus/ from the command table
+	$(PYTHON) -m tests.fuzz.make_corpus
+
+soak:  ## long soak (10^5 requests, 10^3 reconnects; RSS/fd slopes) and the fault tests
+	QGA_SOAK=long $(PYTHON) -m unittest tests.test_soak tests.test_faults -v
 
 demo:  ## run a demo agent on /tmp/qga-demo.sock and talk to it (no VM needed)
 	sh contrib/demo.sh

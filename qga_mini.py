@@ -30,7 +30,10 @@ Security
 Limits (each enforced with a clear error; see the constants below)
     one JSON message        64 MiB, 2 Mi tokens, nesting depth 1024
     guest-file-read count   48 MiB per call
-    guest-exec output       16 MiB per stream, then ``*-truncated``
+    guest-file handles      1024 open at once
+    guest-exec output       16 MiB per stream, 256 MiB held for all children; then
+                            ``*-truncated``
+    guest-exec children     256 running or not yet collected
 
 Python 3.6 or newer, Linux, nothing outside the standard library.
 """
@@ -52,7 +55,7 @@ import stat
 import struct
 import sys
 import time
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict, deque, namedtuple
 
 # ==============================================================================================
 # Constants and limits
@@ -63,7 +66,7 @@ MAX_MESSAGE_BYTES = 64 << 20       # bytes of one request; large enough for a 48
 MAX_MESSAGE_TOKENS = 2 << 20       # tokens of one request
 MAX_NESTING = 1024                 # open braces + brackets of one request
 READ_CHUNK = 65536                 # bytes per read(); qemu-ga uses 4096, more is fewer syscalls
-MAX_PENDING_OUTPUT = 1 << 20       # stop reading requests while this much reply data waits
+MAX_PENDING_OUTPUT = 1 << 20       # stop reading and answering while this much reply waits
 ERROR_TOKEN_ECHO = 64              # bytes of a bad token quoted back in a lexer error
 
 # Channels.
@@ -83,6 +86,7 @@ DEFAULT_FSFREEZE_HOOK = "/etc/qemu/fsfreeze-hook"
 STATE_FILE = "qga.state"
 FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
+FD_RESERVE = 64                    # fds beyond the handle and exec caps: channel, log, helpers
 
 # Constants of the time commands.
 # Helper programs (shutdown, hwclock, chpasswd, ...) are searched in the agent's PATH, then
@@ -104,6 +108,7 @@ MIN_SET_YEAR, MAX_SET_YEAR = 1970, 2069   # guest-set-time's accepted range (qem
 # Constants of the files commands.
 DEFAULT_READ_COUNT = 4096          # guest-file-read count when absent (qemu-ga's default)
 MAX_READ_COUNT = 48 << 20          # per guest-file-read (CVE-2018-12617): base64 fits 64 MiB
+MAX_FILE_HANDLES = 1024            # open guest-file handles; qemu-ga opens until EMFILE
 NEW_FILE_MODE = 0o666              # files guest-file-open creates, less the umask (see README)
 # guest-file-open modes, exactly the strings qemu-ga accepts, and their open(2) flags.
 FILE_OPEN_MODES = {
@@ -123,6 +128,7 @@ SEEK_WHENCE = {"set": os.SEEK_SET, "cur": os.SEEK_CUR, "end": os.SEEK_END}
 
 # Constants of the exec commands.
 EXEC_OUTPUT_CAP = 16 << 20         # bytes kept per captured stream; the rest is read and dropped
+EXEC_OUTPUT_TOTAL_CAP = 256 << 20  # ...and for all uncollected children together (not 8 GiB)
 EXEC_READ_CHUNK = 65536            # bytes per read of a child's output pipe
 EXEC_WRITE_CHUNK = 65536           # bytes per write of input-data into a child's stdin
 MAX_EXEC_PROCESSES = 256           # children tracked at once (running or not yet collected)
@@ -755,35 +761,40 @@ def _string_value(raw):
     return _ESCAPE.sub(_unescape, text) if "\\" in text else text
 
 
-def parse_json_qemu(raw):
-    """Parse one message exactly as qemu's JSON parser does, errors included.
-
-    Iterative (no recursion limit to hit at depth 1024); the first error found is the one
-    reported, as in qemu.
-    """
-    tokens = []
+def _lex(raw):
+    """The tokens of one message, one at a time; JsonError at a byte that starts none."""
     pos, end = 0, len(raw)
     while True:
         pos = _SPACE.match(raw, pos).end()
         if pos >= end:
-            break
+            return
         m = _TOKEN.match(raw, pos)
         if m is None:
             raise JsonError("stray '%s'" % _quote_token(raw[pos:pos + 1]))
-        tokens.append(m)
+        yield m
         pos = m.end()
+
+
+def parse_json_qemu(raw):
+    """Parse one message exactly as qemu's JSON parser does, errors included.
+
+    Iterative (no recursion limit to hit at depth 1024); the first error found is the one
+    reported, as in qemu.  qemu lexes the whole message before parsing it, so the tokens are
+    walked twice rather than kept: a list of 2 Mi match objects would take half a gigabyte.
+    """
+    for _ in _lex(raw):
+        pass                # a lexer error anywhere comes before any parser error
+    tokens = _lex(raw)
 
     # An explicit stack instead of recursion: depth 1024 must not hit Python's limit.
     stack = []          # frames: [container, expecting, pending key]
-    i, n = 0, len(tokens)
     while True:
-        if i >= n:
+        tok = next(tokens, None)
+        if tok is None:
             raise JsonError("premature EOI")
-        tok = tokens[i]
         punct = tok.group("punct")
         frame = stack[-1] if stack else None
         expecting = frame[1] if frame else "value"
-        i += 1
         if expecting == "colon":
             if punct != b":":
                 raise JsonError("missing : in object pair")
@@ -1161,9 +1172,16 @@ class StateDir(object):
     def write_counter(self, value):
         """Replace qga.state atomically (temp file + rename, as GLib does)."""
         tmp = "%s.%d.tmp" % (self.state_file, os.getpid())
-        with open(tmp, "w") as f:
-            f.write("[global]\nfd_counter=%d\n" % value)
-        os.rename(tmp, self.state_file)
+        try:
+            with open(tmp, "w") as f:
+                f.write("[global]\nfd_counter=%d\n" % value)
+            os.rename(tmp, self.state_file)
+        except (OSError, IOError):
+            try:
+                os.unlink(tmp)              # a full disk must not leave litter behind
+            except OSError:
+                pass
+            raise
 
     def is_frozen(self):
         return os.path.exists(self.frozen_marker)
@@ -1321,21 +1339,32 @@ class Agent(object):
 
     def handle_bytes(self, framer, data):
         """Feed received bytes; the reply chunks for every message they complete."""
-        out = []
-        events = framer.feed(data)
-        for i in range(len(events)):
-            event, events[i] = events[i], None    # a message's bytes die with its parsing
+        return self.answer(deque(framer.feed(data)))
+
+    def answer(self, events, limit=None):
+        """The reply chunks for framer events, taken from the front of the deque ``events``.
+
+        With ``limit``, it stops once the replies reach ``limit`` bytes and leaves the rest
+        in ``events``: one read can hold hundreds of requests for 64 MiB replies.
+        """
+        out, size = [], 0
+        while events and (limit is None or size < limit):
+            event, error = events.popleft(), None
             if isinstance(event, QgaError):
-                out.extend(encode_reply({"error": {"class": event.cls, "desc": event.desc}}))
-                continue
-            try:
-                request = parse_message(*event)
-            except JsonError as exc:
-                out.extend(encode_reply({"error": {"class": GENERIC_ERROR,
-                                                   "desc": "JSON parse error, %s" % exc}}))
-                continue
-            event = None
-            out.extend(self.dispatch(request))
+                error = event
+            else:
+                try:
+                    request = parse_message(*event)
+                except JsonError as exc:
+                    error = QgaError("JSON parse error, %s" % exc)
+                event = None                    # a message's bytes die with its parsing
+            if error is None:
+                chunks = self.dispatch(request)
+                request = None
+            else:
+                chunks = encode_reply({"error": {"class": error.cls, "desc": error.desc}})
+            out.extend(chunks)
+            size += sum(len(chunk) for chunk in chunks)
         return out
 
 
@@ -1621,6 +1650,9 @@ def guest_file_open(agent, path, mode="r"):
     flags = FILE_OPEN_MODES.get(mode)
     if flags is None:
         raise QgaError("invalid file open mode '%s'" % mode)
+    if len(agent.file_handles) >= MAX_FILE_HANDLES:
+        raise QgaError("too many open guest-file handles: %d are open; close one with "
+                       "guest-file-close" % MAX_FILE_HANDLES)
     try:
         fd = os.open(path, flags | FILE_OPEN_EXTRA_FLAGS, NEW_FILE_MODE)
     except (OSError, ValueError) as exc:     # ValueError: a NUL or lone surrogate in path
@@ -1815,8 +1847,13 @@ class ExecChild(object):
     of file (a grandchild holding stdout open keeps it unset, as in qemu-ga).
     """
 
+    held = 0                # bytes of captured output all children hold together
+    held_lock = None
+
     def __init__(self, proc, input_data):
         import threading
+        if ExecChild.held_lock is None:
+            ExecChild.held_lock = threading.Lock()
         self.proc = proc
         self.out = bytearray() if proc.stdout is not None else None
         self.err = bytearray() if proc.stderr is not None else None
@@ -1900,14 +1937,22 @@ class ExecChild(object):
                 os.close(pidfd)
 
     def _keep(self, name, data):
-        """Store output up to the cap; past it, note the truncation and drop the bytes."""
+        """Store output up to the caps (per stream, and for all children together); past
+        them, note the truncation and drop the bytes."""
         buf = self.out if name == "out" else self.err
-        room = EXEC_OUTPUT_CAP - len(buf)
-        if len(data) > room:
-            setattr(self, name + "_truncated", True)
-            data = data[:room]
+        with ExecChild.held_lock:
+            room = max(0, min(EXEC_OUTPUT_CAP - len(buf), EXEC_OUTPUT_TOTAL_CAP - ExecChild.held))
+            if len(data) > room:
+                setattr(self, name + "_truncated", True)
+                data = data[:room]
+            ExecChild.held += len(data)
         if data:
             buf += data
+
+    def release(self):
+        """Give the output back to the budget of all children: it has been collected."""
+        with ExecChild.held_lock:
+            ExecChild.held -= len(self.out or b"") + len(self.err or b"")
 
     def status(self):
         """GuestExecStatus in qemu-ga's key order, base64 as bytes for the encoder."""
@@ -1969,6 +2014,7 @@ def guest_exec_status(agent, pid):
     result = child.status()
     if result["exited"]:
         del agent.exec_children[pid]
+        child.release()
     return result
 
 # (end of exec commands)
@@ -4207,6 +4253,8 @@ class Connection(object):
         self.framer = Framer()
         self.out = []            # memoryviews still to write
         self.pending = 0
+        self.read_closed = False  # the host shut its write side: hang up once replies are out
+        self.backlog = deque()   # framed requests not answered yet (replies were piling up)
 
     def queue(self, chunks):
         for chunk in chunks:
@@ -4321,9 +4369,20 @@ class Server(object):
     # -- I/O -------------------------------------------------------------------------------------
 
     def on_readable(self):
-        """Read until the fd runs dry (edge trigger), answering every complete request."""
+        """Read until the fd runs dry (edge trigger), answering every complete request.
+
+        A host that never pauses keeps the fd from running dry, so a stop request and the
+        timers are looked at between reads, not only in the event loop.
+        """
         conn = self.conn
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
+            if self.stop_requested:
+                return
+            self.agent.run_due_timers()
+            if conn.backlog:
+                conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
+                self.on_writable()
+                continue
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -4337,10 +4396,15 @@ class Server(object):
                 self.on_hangup("error reading channel: %s" % os_error_text(exc))
                 return
             if not data:
-                self.on_hangup("received EOF")
+                # A host that only shut its write side (socat, nc -N) still reads: send it
+                # the replies first, as qemu-ga does; one that is gone fails the write.
+                conn.read_closed = self.listener is not None and bool(conn.out)
+                if conn.read_closed:
+                    self.on_writable()
+                else:
+                    self.on_hangup("received EOF")
                 return
-            conn.queue(self.agent.handle_bytes(conn.framer, data))
-            self.on_writable()
+            conn.backlog.extend(conn.framer.feed(data))
 
     def on_writable(self):
         conn = self.conn
@@ -4350,6 +4414,9 @@ class Server(object):
             conn.flush()
         except OSError as exc:
             self.on_hangup("error sending reply: %s" % os_error_text(exc))
+            return
+        if conn.read_closed and not conn.out:
+            self.on_hangup("received EOF")
 
     def on_hangup(self, why):
         """The host went away.
@@ -4382,9 +4449,21 @@ class Server(object):
             self.run_serial()
 
     def run_stdio(self):
-        """One client on stdin/stdout, served with plain blocking I/O until EOF."""
+        """One client on stdin/stdout, served with plain blocking I/O until EOF.
+
+        The wait for input is a poll() that the wake pipe ends: a read() blocked in the
+        kernel would be resumed after the SIGTERM handler, and the agent would not stop.
+        """
         framer = Framer()
+        poller = select.poll()
+        for fd in (0, self.wake_r):
+            poller.register(fd, select.POLLIN)
         while not self.stop_requested:
+            delay = self.agent.next_timer_delay()
+            ready = [fd for fd, _ in poller.poll(None if delay is None else delay * 1000)]
+            self.agent.run_due_timers()
+            if 0 not in ready:
+                continue
             try:
                 data = os.read(0, READ_CHUNK)
             except InterruptedError:
@@ -5147,6 +5226,7 @@ def main(argv=None, environ=None):
             agent.cleanups.append(lambda: os.unlink(config.pidfile))
         if config.method == "unix-listen" and config.listen_fd is None:
             agent.cleanups.append(lambda: os.path.exists(config.path) and os.unlink(config.path))
+        raise_fd_limit()
         start_agent(agent)
     except UsageError as exc:
         sys.stderr.write("%s: %s\n" % (prog, exc))
@@ -5157,6 +5237,25 @@ def main(argv=None, environ=None):
         return serve(agent)
     finally:
         agent.shutdown()
+
+
+def fd_budget():
+    """The file descriptors the agent may need with every cap reached: each guest-file handle,
+    and per exec child its stdin, stdout and stderr pipes and a pidfd."""
+    return MAX_FILE_HANDLES + 4 * MAX_EXEC_PROCESSES + FD_RESERVE
+
+
+def raise_fd_limit():
+    """Raise the soft RLIMIT_NOFILE (1024 under systemd and most shells) to fd_budget(), as far
+    as the hard limit allows, so each cap is reached with its own error before EMFILE."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = fd_budget() if hard == resource.RLIM_INFINITY else min(fd_budget(), hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            pass
 
 
 def start_agent(agent):

@@ -11,13 +11,8 @@ import time
 import tty
 import unittest
 
+from tests.procstat import cpu_seconds
 from tests.support import AGENT, PYTHON, AgentProcess, LineClient, qga_mini
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Stdio(unittest.TestCase):
