@@ -842,11 +842,13 @@ def compare_boot_times(results, work, vmlinuz, initrd, accel, first):
         results.add("boot", "qga-mini within %g s of qemu-ga" % BOOT_MARGIN, "FAIL",
                     "a boot without pong: qga-mini %s, qemu-ga %s" % (mini, ref))
         return
+    # A measurement, not a pass/fail check: boot times swing with the host's load, and the
+    # project keeps speed out of test verdicts.  The row says whether the target was met.
     diff = statistics.median(mini) - statistics.median(ref)
-    results.add("boot", "qga-mini within %g s of qemu-ga" % BOOT_MARGIN,
-                "pass" if diff <= BOOT_MARGIN else "FAIL",
-                "%+.2f s: qga-mini %s, qemu-ga %s" % (diff, describe_times(mini),
-                                                       describe_times(ref)))
+    results.add("boot", "qga-mini within %g s of qemu-ga" % BOOT_MARGIN, "info",
+                "%+.2f s (target %s): qga-mini %s, qemu-ga %s"
+                % (diff, "met" if diff <= BOOT_MARGIN else "missed", describe_times(mini),
+                   describe_times(ref)))
 
 
 def main():
