@@ -88,13 +88,15 @@ FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
 FD_RESERVE = 64                    # fds beyond the handle and exec caps: channel, log, helpers
 
-# Constants of the time commands.
+# Helper programs.
 # Helper programs (shutdown, hwclock, chpasswd, ...) are searched in the agent's PATH, then
 # here, so an agent started with a short PATH (an initramfs, a minimal init) still finds them.
 HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin",
                       "/bin")
 HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
 HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
+
+# Time: guest-get-time, guest-set-time.
 UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
 RTC_DEVICES = ("/dev/rtc0", "/dev/rtc", "/dev/misc/rtc")   # hwclock's search order
 RTC_TIME_FORMAT = "9i"             # struct rtc_time: sec min hour mday mon year wday yday isdst
@@ -103,9 +105,8 @@ RTC_RD_TIME = 0x40247009 if _RTC_IOC_ALTERNATE else 0x80247009    # _IOR('p', 9,
 RTC_SET_TIME = 0x8024700A if _RTC_IOC_ALTERNATE else 0x4024700A   # _IOW('p', 10, rtc_time)
 ADJTIME_PATH = "/etc/adjtime"      # its third line says whether the RTC keeps UTC or LOCAL
 MIN_SET_YEAR, MAX_SET_YEAR = 1970, 2069   # guest-set-time's accepted range (qemu-ga's)
-# (end of time constants)
 
-# Constants of the files commands.
+# Files: guest-file-*.
 DEFAULT_READ_COUNT = 4096          # guest-file-read count when absent (qemu-ga's default)
 MAX_READ_COUNT = 48 << 20          # per guest-file-read (CVE-2018-12617): base64 fits 64 MiB
 MAX_FILE_HANDLES = 1024            # open guest-file handles; qemu-ga opens until EMFILE
@@ -124,9 +125,8 @@ FILE_OPEN_MODES = {
 # Added to every mode: no controlling tty, never block the agent (FIFOs), not inherited.
 FILE_OPEN_EXTRA_FLAGS = os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 SEEK_WHENCE = {"set": os.SEEK_SET, "cur": os.SEEK_CUR, "end": os.SEEK_END}
-# (end of files constants)
 
-# Constants of the exec commands.
+# Exec: guest-exec, guest-exec-status.
 EXEC_OUTPUT_CAP = 16 << 20         # bytes kept per captured stream; the rest is read and dropped
 EXEC_OUTPUT_TOTAL_CAP = 256 << 20  # ...and for all uncollected children together (not 8 GiB)
 EXEC_READ_CHUNK = 65536            # bytes per read of a child's output pipe
@@ -134,9 +134,8 @@ EXEC_WRITE_CHUNK = 65536           # bytes per write of input-data into a child'
 MAX_EXEC_PROCESSES = 256           # children tracked at once (running or not yet collected)
 EXEC_REAP_INTERVAL = 1.0           # seconds between reap attempts while a grandchild holds a pipe
 DEFAULT_EXEC_SEARCH_PATH = "/bin:/usr/bin:."   # GLib's PATH when neither env nor agent has one
-# (end of exec constants)
 
-# Constants of the power commands.
+# Power: guest-shutdown, guest-suspend-*.
 SHUTDOWN_MESSAGE = "hypervisor initiated shutdown"
 # mode -> (its own program, shutdown(8) flag, reboot(2) command, /proc/sysrq-trigger key)
 SHUTDOWN_MODES = {
@@ -156,18 +155,16 @@ SUSPEND_MODES = {
     "hybrid": ("systemd-hybrid-sleep", "hybrid-sleep", "--suspend-hybrid", "pm-suspend-hybrid"),
 }
 SUSPEND_UNSUPPORTED = "the requested suspend mode is not supported by the guest"
-# (end of power constants)
 
-# Constants of the freeze commands.
+# Freeze and trim: guest-fsfreeze-*, guest-fstrim.
 MOUNTINFO_PATH = "/proc/self/mountinfo"   # the mount table qemu-ga reads first
 MOUNTS_PATH = "/proc/self/mounts"         # its fallback when mountinfo cannot be opened
 FIFREEZE = 0xC0045877                     # _IOWR('X', 119, int): freeze a file system
 FITHAW = 0xC0045878                       # _IOWR('X', 120, int): thaw it (once per freeze)
 FITRIM = 0xC0185879                       # _IOWR('X', 121, struct fstrim_range)
 FSTRIM_RANGE = struct.Struct("=QQQ")      # struct fstrim_range: start, len, minlen (u64)
-# (end of freeze constants)
 
-# Constants of the disks commands.
+# Filesystems and disks: guest-get-fsinfo, guest-get-disks, guest-get-diskstats.
 DISKSTATS_PATH = "/proc/diskstats"
 SYS_BLOCK = "/sys/block"
 UDEV_DATA = "/run/udev/data"              # udev's database: E:ID_SERIAL=, E:DM_NAME= lines
@@ -210,14 +207,12 @@ NVME_SMART_KEY_ORDER = (
     "power-cycles-lo", "media-errors-hi", "media-errors-lo", "data-units-written-hi",
     "data-units-written-lo", "type", "critical-warning", "percentage-used",
     "number-of-error-log-entries-lo")
-# (end of disks constants)
 
-# Constants of the cpus commands.
+# CPUs and memory blocks.
 CPU_SYSFS_DIR = "/sys/devices/system/cpu"
 MEMORY_SYSFS_DIR = "/sys/devices/system/memory/"   # qemu-ga names it with the slash in errors
-# (end of cpus constants)
 
-# Constants of the network commands.
+# Network: interfaces and routes.
 PROC_NET_DEV = "/proc/net/dev"
 PROC_NET_ROUTE = "/proc/net/route"
 PROC_NET_IPV6_ROUTE = "/proc/net/ipv6_route"
@@ -226,13 +221,11 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFLA_ADDRESS, IFLA_IFNAME = 1, 3                 # rtattr types in RTM_NEWLINK
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL = 1, 2, 3      # rtattr types in RTM_NEWADDR
 MAC_BYTES = 6                                    # qemu-ga prints 6 bytes of any link address
-# (end of network constants)
 
-# Constants of the devices commands.
+# Devices: guest-get-devices.
 PCI_SYSFS_DIR = "/sys/bus/pci/devices"
-# (end of devices constants)
 
-# Constants of the identity commands.
+# Users and identity: host name, timezone, OS info, users, passwords.
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")   # unless $QGA_OS_RELEASE is set
 OS_RELEASE_MAX_BYTES = 1 << 20     # an os-release file is a few hundred bytes
 # GuestOSInfo member <- os-release key
@@ -255,19 +248,16 @@ PASSWD_PATH = "/etc/passwd"
 SHADOW_PATH = "/etc/shadow"
 PASSWD_LOCK = "/etc/.pwd.lock"     # lckpwdf()'s lock file: every account tool takes it
 PASSWD_LOCK_TIMEOUT = 15.0         # seconds, as lckpwdf() waits
-# (end of identity constants)
 
-# Constants of the ssh commands.
+# SSH keys.
 SSH_DIR_MODE = 0o700
 AUTHORIZED_KEYS_MODE = 0o600
-# (end of ssh constants)
 
-# Constants of the stats commands.
+# Statistics: guest-get-cpustats, guest-get-load.
 PROC_STAT = "/proc/stat"
 PROC_LOADAVG = "/proc/loadavg"
-# (end of stats constants)
 
-# Constants of the self-test and the host-side client.
+# The self-test and the host-side client.
 # --self-test runs the commands that only read.  They are picked by their QAPI names, not
 # listed: qemu-ga names every such command guest-ping, guest-info, guest-[<group>-]get-* or
 # guest-<group>-status, and no command that changes the guest, so a read-only command added
@@ -276,7 +266,6 @@ READ_ONLY_COMMAND = re.compile(r"guest-(?:ping|info|(?:[a-z]+-)?get-[a-z-]+|[a-z
 SELF_TEST_SUMMARY_WIDTH = 64       # characters of a reply shown in the self-test's table
 CLIENT_TIMEOUT = 10.0              # seconds the client waits for a reply by default
 CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode decodes
-# (end of self-test and client constants)
 
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -1368,49 +1357,7 @@ class Agent(object):
         return out
 
 
-# ==============================================================================================
-# Commands
-# ==============================================================================================
-
-# -- Session: sync, ping, info -----------------------------------------------------------------
-
-@command("guest-sync-delimited", data={"id": "int"}, returns="int")
-def guest_sync_delimited(agent, id):
-    """guest-sync-delimited: echo ``id``; the reply is preceded by a 0xFF byte."""
-    agent.reply_prefix = b"\xff"
-    return id
-
-
-@command("guest-sync", data={"id": "int"}, returns="int")
-def guest_sync(agent, id):
-    """guest-sync: echo ``id`` so the host can find its place in the stream."""
-    return id
-
-
-@command("guest-ping")
-def guest_ping(agent):
-    """guest-ping: answer {}."""
-    agent.log.audit("guest-ping called")
-
-
-@command("guest-info", returns="GuestAgentInfo")
-def guest_info(agent):
-    """guest-info: the version and every command, newest registration first (as qemu-ga)."""
-    return {"version": __version__,
-            "supported_commands": [
-                {"enabled": agent.is_enabled(c.name), "name": c.name,
-                 "success-response": c.success_response}
-                for c in reversed(registered_commands())]}
-
-
-# -- Time: guest-get-time, guest-set-time --------------------------------------------------
-#
-# Helper programs (hwclock here; shutdown, systemctl, chpasswd, pm-* further on) are found by
-# find_helper() and run by run_helper(), the one place that starts such a child and waits for
-# it.  Both go through agent.host, so a test whose host root is a fixture tree runs the
-# recording stand-ins inside it and can never reach the machine's real programs.  The kernel
-# interfaces that change the machine (the clock, the RTC, reboot(2)) are module functions the
-# tests replace.
+# -- Helper programs: the one way the agent runs a child to its end ---------------------------
 
 def find_helper(host, name):
     """The real path of helper program ``name`` in the guest, or None if it is not there.
@@ -1476,6 +1423,48 @@ def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
         output.seek(0)
         return child.returncode, output.read(HELPER_OUTPUT_KEPT).decode("utf-8", "replace")
 
+
+# ==============================================================================================
+# Commands
+# ==============================================================================================
+
+# -- Session: sync, ping, info -----------------------------------------------------------------
+
+@command("guest-sync-delimited", data={"id": "int"}, returns="int")
+def guest_sync_delimited(agent, id):
+    """guest-sync-delimited: echo ``id``; the reply is preceded by a 0xFF byte."""
+    agent.reply_prefix = b"\xff"
+    return id
+
+
+@command("guest-sync", data={"id": "int"}, returns="int")
+def guest_sync(agent, id):
+    """guest-sync: echo ``id`` so the host can find its place in the stream."""
+    return id
+
+
+@command("guest-ping")
+def guest_ping(agent):
+    """guest-ping: answer {}."""
+    agent.log.audit("guest-ping called")
+
+
+@command("guest-info", returns="GuestAgentInfo")
+def guest_info(agent):
+    """guest-info: the version and every command, newest registration first (as qemu-ga)."""
+    return {"version": __version__,
+            "supported_commands": [
+                {"enabled": agent.is_enabled(c.name), "name": c.name,
+                 "success-response": c.success_response}
+                for c in reversed(registered_commands())]}
+
+
+# -- Time: guest-get-time, guest-set-time --------------------------------------------------
+#
+# hwclock, like shutdown, systemctl, chpasswd and pm-* further on, runs through run_helper()
+# (above), which looks it up through agent.host: a test whose host root is a fixture tree runs
+# recording stand-ins and can never reach the machine's real programs.  The kernel interfaces
+# that change the machine (the clock, the RTC, reboot(2)) are module functions tests replace.
 
 def set_system_clock(seconds):
     """Set the system clock (CLOCK_REALTIME).  Tests replace this function."""
@@ -1586,8 +1575,6 @@ def guest_set_time(agent, time=None):
         if result:
             agent.log.warning("hwclock: status %d: %s" % result)
         raise QgaError("hwclock failed to set hardware clock to system time")
-
-# (end of time commands)
 
 
 # -- Files: guest-file-open, -close, -read, -write, -seek, -flush --------------------------
@@ -1756,8 +1743,6 @@ def guest_file_seek(agent, handle, offset, whence):
 def guest_file_flush(agent, handle):
     """guest-file-flush: writes are never held back, so only the handle is checked."""
     guest_file(agent, handle)
-
-# (end of files commands)
 
 
 # -- Exec: guest-exec, guest-exec-status ---------------------------------------------------
@@ -2017,8 +2002,6 @@ def guest_exec_status(agent, pid):
         child.release()
     return result
 
-# (end of exec commands)
-
 
 # -- Power: guest-shutdown, guest-suspend-disk, -ram, -hybrid ------------------------------
 
@@ -2196,8 +2179,6 @@ def guest_suspend_ram(agent):
 def guest_suspend_hybrid(agent):
     """guest-suspend-hybrid: save to disk and suspend to RAM; no reply when that worked."""
     guest_suspend(agent, "hybrid")
-
-# (end of power commands)
 
 
 # -- Freeze and trim: guest-fsfreeze-*, guest-fstrim ---------------------------------------
@@ -2565,8 +2546,6 @@ def guest_fstrim(agent, minimum=0):
     results = [trim_mount(agent.host, mount, minimum) for mount in build_mount_list(agent.host)]
     return {"paths": [result for result in reversed(results) if result is not None]}
 
-# (end of freeze commands)
-
 
 # -- Filesystems and disks: guest-get-fsinfo, guest-get-disks ------------------------------
 #
@@ -2892,8 +2871,6 @@ def guest_get_disks(agent):
     disks.reverse()
     return disks
 
-# (end of disks commands)
-
 
 # -- CPUs and memory: guest-get/set-vcpus, memory blocks -----------------------------------
 #
@@ -3125,8 +3102,6 @@ def guest_get_memory_block_info(agent):
     finally:
         os.close(dirfd)
     return {"size": parse_block_size(text.decode("ascii", "replace"))}
-
-# (end of cpus commands)
 
 
 # -- Network: guest-network-get-interfaces, guest-network-get-route ------------------------
@@ -3376,8 +3351,6 @@ def guest_network_get_route(agent):
         raise QgaError(errors[0])
     return routes
 
-# (end of network commands)
-
 
 # -- Devices: guest-get-devices ------------------------------------------------------------
 #
@@ -3417,8 +3390,6 @@ def guest_get_devices(agent):
             info["id"] = {"device-id": device, "vendor-id": vendor, "type": "pci"}
         devices.append(info)
     return devices
-
-# (end of devices commands)
 
 
 # -- Users and identity: host name, timezone, OS info, users, passwords --------------------
@@ -3732,8 +3703,6 @@ def guest_set_user_password(agent, username, password, crypted):
             raise QgaError("child process has terminated abnormally")
         raise QgaError("child process has failed to set user password")
 
-# (end of identity commands)
-
 
 # -- SSH keys: guest-ssh-get/add/remove-authorized-keys ------------------------------------
 #
@@ -3961,8 +3930,6 @@ def guest_ssh_remove_authorized_keys(agent, username, keys):
         if dir_fd is not None:
             os.close(dir_fd)
 
-# (end of ssh commands)
-
 
 # -- Statistics: guest-get-diskstats, guest-get-cpustats, guest-get-load -------------------
 
@@ -4092,8 +4059,6 @@ def guest_get_load(agent):
     except ValueError:
         raise QgaError("cannot query load average: %s" % os.strerror(errno.EINVAL))
     return {"load15m": load15, "load5m": load5, "load1m": load1}
-
-# (end of stats commands)
 
 
 # ==============================================================================================
