@@ -482,7 +482,8 @@ class Framer(object):
     """Bytes in, messages out.
 
     ``feed(data)`` returns a list of events: ``(raw_message_bytes, uses_extensions)`` for
-    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.
+    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  A
+    read that is exactly one request (the usual case) comes back already parsed, as a dict.
     Unlike qemu-ga, a message over a limit is skipped to its end (its structure is followed
     without storing it), so one error is answered and the next request works.
     """
@@ -507,6 +508,11 @@ class Framer(object):
     # -- public ---------------------------------------------------------------------------------
 
     def feed(self, data):
+        if (self.state == _BETWEEN and not self.tokens and not self.buf
+                and len(data) <= READ_CHUNK):
+            request = whole_json_object(data)       # the usual read: exactly one request
+            if request is not None:
+                return [request]
         events = []
         while data:
             marker = _find_resync(data)
@@ -658,10 +664,15 @@ class Framer(object):
         if (self.braces > 0 or self.brackets > 0) and self.braces >= 0 and self.brackets >= 0:
             return                  # qemu also ends a message on an unbalanced closer
         if not self.discarding:
-            events.append((bytes(self.buf[self.start:self.pos]), self.extensions))
+            events.append((self._message_bytes(), self.extensions))
         self.braces = self.brackets = self.tokens = 0
         self.extensions = self.discarding = False
         self.start = self.pos
+
+    def _message_bytes(self):
+        """The current message, copied once (a bytearray slice would copy it twice)."""
+        with memoryview(self.buf) as view:
+            return bytes(view[self.start:self.pos])
 
     def _check_size(self, events):
         if not self.discarding and self.pos - self.start > MAX_MESSAGE_BYTES:
@@ -701,7 +712,30 @@ def _qemu_int(text):
     return value if INT64_MIN <= value <= UINT64_MAX else float(text)
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_int=_qemu_int)
+def _no_constants(name):
+    raise JsonError("invalid keyword")        # NaN and Infinity are not JSON to qemu
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_int=_qemu_int,
+                            parse_constant=_no_constants)
+
+
+def whole_json_object(data):
+    """The dict ``data`` holds when it is exactly one JSON object, else None.
+
+    Standard JSON that the json module accepts is read the same way by qemu's lexer and
+    parser, so for it the token-by-token scan can be skipped; anything else (several
+    messages, a partial one, qemu's extensions, an error) goes through the framer.
+    """
+    text = data.strip(b" \t\r\n")
+    if (text[:1] != b"{" or text[-1:] != b"}" or _SURROGATE_ESCAPE.search(text)
+            or text.count(b"{") + text.count(b"[") > MAX_NESTING):
+        return None
+    try:
+        value = _DECODER.decode(text.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def parse_message(raw, uses_extensions=False):
@@ -1341,6 +1375,8 @@ class Agent(object):
             event, error = events.popleft(), None
             if isinstance(event, QgaError):
                 error = event
+            elif isinstance(event, dict):
+                request = event                 # the framer parsed it already
             else:
                 try:
                     request = parse_message(*event)
@@ -4220,6 +4256,7 @@ class Connection(object):
         self.pending = 0
         self.read_closed = False  # the host shut its write side: hang up once replies are out
         self.backlog = deque()   # framed requests not answered yet (replies were piling up)
+        self.watching_output = False   # EPOLLOUT is armed while replies wait
 
     def queue(self, chunks):
         for chunk in chunks:
@@ -4303,7 +4340,7 @@ class Server(object):
         """Serve a connected client: a serial port or an accepted socket."""
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.conn = Connection(fd, sock, owned)
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
+        self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         self.on_readable()
 
     def detach(self):
@@ -4340,6 +4377,7 @@ class Server(object):
         timers are looked at between reads, not only in the event loop.
         """
         conn = self.conn
+        drained = False
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
             if self.stop_requested:
                 return
@@ -4348,6 +4386,8 @@ class Server(object):
                 conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
                 self.on_writable()
                 continue
+            if drained:
+                return      # a short read took all there was: more data is a new edge
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -4369,6 +4409,7 @@ class Server(object):
                 else:
                     self.on_hangup("received EOF")
                 return
+            drained = len(data) < READ_CHUNK
             conn.backlog.extend(conn.framer.feed(data))
 
     def on_writable(self):
@@ -4380,6 +4421,12 @@ class Server(object):
         except OSError as exc:
             self.on_hangup("error sending reply: %s" % os_error_text(exc))
             return
+        # Watch for writability only while a reply waits: a socket stays writable, and every
+        # read by the host would otherwise wake us for nothing.
+        if bool(conn.out) != conn.watching_output:
+            conn.watching_output = bool(conn.out)
+            self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLET
+                              | (select.EPOLLOUT if conn.out else 0))
         if conn.read_closed and not conn.out:
             self.on_hangup("received EOF")
 

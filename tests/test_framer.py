@@ -14,6 +14,8 @@ def run(*chunks):
         for event in framer.feed(chunk):
             if isinstance(event, QgaError):
                 out.append(event.desc)
+            elif isinstance(event, dict):
+                out.append(event)           # a whole request in one read, parsed already
             else:
                 try:
                     out.append(qga_mini.parse_message(*event))
