@@ -4208,9 +4208,9 @@ class Channel(object):
         if self.method == "virtio-serial" and path is None:
             path, tried = find_virtio_port(self.host)
             if path is None:
-                if not waiting:
-                    self.log.warning("virtio port %s not found (tried %s); waiting for it"
-                                     % (VIRTIO_PORT_NAME, ", ".join(tried)))
+                if not waiting:     # shown without -v: the operator must learn why it waits
+                    self.log.error("virtio port %s not found (tried %s); waiting for it"
+                                   % (VIRTIO_PORT_NAME, ", ".join(tried)))
                 return None
             path = self.host.path(path)
         flags = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
@@ -4221,8 +4221,8 @@ class Channel(object):
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 if not waiting:
-                    self.log.warning("channel '%s' is busy (opened by another process); "
-                                     "retrying" % path)
+                    self.log.error("channel '%s' is busy (opened by another process); "
+                                   "retrying" % path)
                 return None
             raise ChannelError("error opening channel '%s': %s" % (path, os_error_text(exc)))
         if self.method == "isa-serial":

@@ -8,7 +8,7 @@ import time
 import tty
 import unittest
 
-from tests.support import AGENT, PYTHON, LineClient, connect_unix
+from tests.support import AGENT, PYTHON, LineClient, connect_unix, qga_mini
 
 
 class RetryPath(unittest.TestCase):
@@ -65,3 +65,22 @@ class RetryPath(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DeviceDiscovery(unittest.TestCase):
+    def test_device_without_a_port_says_where_it_looked_and_waits(self):
+        host = qga_mini.Host("/")
+        if qga_mini.find_virtio_port(host)[0] is not None:
+            self.skipTest("this machine has a real guest agent port")
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        proc = subprocess.Popen([PYTHON, AGENT, "--device", "-t", tmp], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(proc.stderr.close)
+        line = proc.stderr.readline().decode()
+        self.assertIn("virtio port org.qemu.guest_agent.0 not found (tried "
+                      "/dev/virtio-ports/org.qemu.guest_agent.0, "
+                      "/sys/class/virtio-ports/*/name); waiting for it", line)
+        self.assertIsNone(proc.poll())
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
