@@ -4373,11 +4373,13 @@ class Server(object):
     def on_readable(self):
         """Read until the fd runs dry (edge trigger), answering every complete request.
 
+        Only EAGAIN says it is dry: a virtio port returns one queued buffer per read, so a
+        short read does not mean that nothing more is waiting.
+
         A host that never pauses keeps the fd from running dry, so a stop request and the
         timers are looked at between reads, not only in the event loop.
         """
         conn = self.conn
-        drained = False
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
             if self.stop_requested:
                 return
@@ -4386,8 +4388,6 @@ class Server(object):
                 conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
                 self.on_writable()
                 continue
-            if drained:
-                return      # a short read took all there was: more data is a new edge
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -4409,7 +4409,6 @@ class Server(object):
                 else:
                     self.on_hangup("received EOF")
                 return
-            drained = len(data) < READ_CHUNK
             conn.backlog.extend(conn.framer.feed(data))
 
     def on_writable(self):

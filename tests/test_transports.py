@@ -214,3 +214,29 @@ class VsockListen(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OneBufferPerRead(unittest.TestCase):
+    """A virtio port hands out one queued buffer per read(), like a SOCK_SEQPACKET socket."""
+
+    def test_requests_split_over_queued_buffers_are_all_read(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(theirs.close)
+        request = b'{"execute":"guest-sync","arguments":{"id":%d}}'
+        for piece in (request % 1)[:10], (request % 1)[10:], request % 2:
+            theirs.send(piece)              # all queued before the agent reads anything
+        config = qga_mini.Config()
+        config.statedir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, config.statedir)
+        log = qga_mini.Log(open(os.devnull, "w"))
+        self.addCleanup(log.stream.close)
+        agent = qga_mini.Agent(config, log=log)
+        server = qga_mini.Server(agent, qga_mini.Channel(config, agent.host, log))
+        server.attach(ours.fileno(), sock=ours)
+        thread = threading.Thread(target=server.run_loop, daemon=True)
+        thread.start()
+        theirs.settimeout(5)
+        self.assertEqual(theirs.recv(100) + theirs.recv(100), b'{"return": 1}\n{"return": 2}\n')
+        server.stop()
+        thread.join(5)
+        server.close()
