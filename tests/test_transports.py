@@ -1,4 +1,6 @@
 """Channels without a VM: stdio, unix-listen, a pty as isa-serial or virtio-serial, discovery."""
+import errno
+import io
 import os
 import pty
 import shutil
@@ -10,6 +12,7 @@ import threading
 import time
 import tty
 import unittest
+from unittest import mock
 
 from tests.procstat import cpu_seconds
 from tests.support import AGENT, PYTHON, AgentProcess, LineClient, qga_mini
@@ -240,3 +243,16 @@ class OneBufferPerRead(unittest.TestCase):
         server.stop()
         thread.join(5)
         server.close()
+
+
+class BusyPort(unittest.TestCase):
+    def test_busy_port_is_reported_once_and_retried(self):
+        config = qga_mini.Config()
+        config.path = "/dev/vport9p9"
+        stream = io.StringIO()
+        channel = qga_mini.Channel(config, qga_mini.Host("/"), qga_mini.Log(stream))
+        busy = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        with mock.patch.object(qga_mini.os, "open", side_effect=busy):
+            self.assertIsNone(channel.open_serial(waiting=False))
+            self.assertIsNone(channel.open_serial(waiting=True))
+        self.assertEqual(stream.getvalue().count("is busy (opened by another process)"), 1)
