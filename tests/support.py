@@ -254,7 +254,7 @@ def connect_unix(path, wait=10.0):
         try:
             sock.connect(path)
             return sock
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
             if time.time() > deadline:
                 raise

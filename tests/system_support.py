@@ -7,14 +7,13 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
-from tests.support import FIXTURES, AgentHarness, LineClient, qga_mini  # noqa: F401
+from tests.support import (FIXTURES, AgentHarness, LineClient, connect_unix,  # noqa: F401
+                           qga_mini)
 
 SYSTEM = os.path.join(FIXTURES, "system", "cpus-net")
 sys.path.insert(0, SYSTEM)
@@ -130,21 +129,6 @@ class QemuGa(object):
         self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def connect_unix(path, timeout=10.0):
-    """A socket connected to an agent that is still starting (bound is not yet listening)."""
-    deadline = time.time() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            if time.time() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def encode_return(value):

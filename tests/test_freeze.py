@@ -7,7 +7,6 @@ real file systems; the agent also refuses a mount point whose device is not the 
 names.  Tests of the real process use guest-fsfreeze-freeze-list with the loop mount points.
 Every loop file system is thawed with FITHAW by the test itself before it is unmounted.
 """
-import errno
 import fcntl
 import json
 import os
