@@ -13,6 +13,8 @@ Running it
     python3 qga_mini.py -m vsock-listen -p 4294967295:1234   # VMADDR_CID_ANY:port
     python3 qga_mini.py -m stdio           # one client on stdin/stdout (inetd style, tests)
     python3 qga_mini.py --help             # every option; qemu-ga's flags and config file work
+    python3 qga_mini.py --self-test        # every read-only command here, as a table
+    python3 qga_mini.py client SOCKET guest-info      # a host-side client for operators
 
     Images start it with contrib/qga-mini (beside qga_mini.py; same options), which imports
     it so that its compiled bytecode is used and keeps python3 from waiting for the kernel's
@@ -34,6 +36,10 @@ Limits (each enforced with a clear error; see the constants below)
     guest-exec output       16 MiB per stream, 256 MiB held for all children; then
                             ``*-truncated``
     guest-exec children     256 running or not yet collected
+
+Tested with (tests/vm, in a busybox initramfs under QEMU 7.2): libvirt's virsh, a
+Proxmox-style client, a libvirt-style client and QEMU's qemu.qmp as qemu-ga-client uses it;
+side by side with qemu-ga 7.2 byte for byte on the protocol and the file and exec commands.
 
 Python 3.6 or newer, Linux, nothing outside the standard library.
 """
