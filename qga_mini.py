@@ -4174,19 +4174,17 @@ def set_raw_serial(fd):
 class Channel(object):
     """Where requests come from: a serial port, a listening socket, or stdin/stdout.
 
-    ``open()`` returns the listening socket (listen kinds) or None; ``connect()`` yields the
-    (read_fd, write_fd) of the next client, for serial ports the port itself.
+    ``listen()`` gives the listening socket of the listen kinds; ``open_serial()`` the fd of
+    a serial port, or None while it is missing or busy.  The Server serves what they give.
     """
 
     def __init__(self, config, host, log):
         self.config, self.host, self.log = config, host, log
         self.method = config.method
-        self.listener = None
-        self.port_fd = None
 
     # Listening kinds ----------------------------------------------------------------------------
 
-    def _listen(self):
+    def listen(self):
         config = self.config
         if config.listen_fd is not None:
             return config.listen_fd
@@ -4465,7 +4463,7 @@ class Server(object):
         """Serve until stopped; raises ChannelError when the channel fails."""
         channel = self.channel
         if channel.method in ("unix-listen", "vsock-listen"):
-            self.listener = channel._listen()
+            self.listener = channel.listen()
             self.epoll.register(self.listener.fileno(), select.EPOLLIN)
             self.run_loop()
         elif channel.method == "stdio":
@@ -4896,7 +4894,7 @@ def split_rpc_list(text):
 def parse_keyfile(text, path):
     """A GLib key file as {group: {key: value}}; UsageError on a syntax error."""
     groups, group = {}, None
-    for number, line in enumerate(text.splitlines(), 1):
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
