@@ -276,6 +276,12 @@ CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode de
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
+INT_TYPES = frozenset(("int", "int64", "int32", "int16", "int8"))     # read as an int64
+UINT_TYPES = frozenset(("uint64", "size", "uint32", "uint16", "uint8"))  # read as a uint64
+# The narrower ones, checked after the value was read as an int64 or a uint64.
+NARROW_INT_RANGES = {"int8": (-1 << 7, (1 << 7) - 1), "int16": (-1 << 15, (1 << 15) - 1),
+                     "int32": (-1 << 31, (1 << 31) - 1), "uint8": (0, (1 << 8) - 1),
+                     "uint16": (0, (1 << 16) - 1), "uint32": (0, (1 << 32) - 1)}
 
 # ==============================================================================================
 # Errors
@@ -463,7 +469,16 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
 _LEADING_ZERO = re.compile(rb"-?0\Z")
 _RECOVERY_STOP = re.compile(rb"[\[\]{}:,\x00-\x08\x0a-\x1f\xfe\xff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Characters that the json module reads differently from qemu: surrogate escapes (qemu pairs
+# them itself, with its own errors) and Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE,
+# U+xFFFF), which qemu refuses whether escaped or raw.  A message with any goes to
+# parse_json_qemu(); a "\\\\ud800" in JSON text (an escaped backslash) only costs the slower
+# parser.
+_JSON_MODULE_DIFFERS = re.compile(
+    rb"\\u(?:[dD][89a-fA-F]|[fF][dD][dDeE]|[fF]{3}[eEfF])"
+    rb"|\xef(?:\xb7[\x90-\xaf]|\xbf[\xbe\xbf])|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+_NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
+    chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)))
 
 # Framer states.
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
@@ -713,9 +728,16 @@ def _no_duplicate_keys(pairs):
 
 
 def _qemu_int(text):
-    """qemu reads integers as int64, else uint64, else double."""
-    value = int(text)
-    return value if INT64_MIN <= value <= UINT64_MAX else float(text)
+    """An integer token as qemu's parser reads it: int64, else (not negative) uint64, else the
+    double strtod() makes of it (inf beyond the doubles).  The token's length is looked at
+    first, so int() never sees thousands of digits (3.11+ refuses them; it is quadratic)."""
+    if len(text) < 19:                      # at most 18 digits: always an int64
+        return int(text)
+    if len(text) <= 20:                     # "-" and 19 digits, or 20 digits
+        value = int(text)
+        if INT64_MIN <= value <= UINT64_MAX:
+            return value
+    return float(text)
 
 
 def _no_constants(name):
@@ -734,7 +756,7 @@ def whole_json_object(data):
     messages, a partial one, qemu's extensions, an error) goes through the framer.
     """
     text = data.strip(b" \t\r\n")
-    if (text[:1] != b"{" or text[-1:] != b"}" or _SURROGATE_ESCAPE.search(text)
+    if (text[:1] != b"{" or text[-1:] != b"}" or _JSON_MODULE_DIFFERS.search(text)
             or text.count(b"{") + text.count(b"[") > MAX_NESTING):
         return None
     try:
@@ -746,7 +768,7 @@ def whole_json_object(data):
 
 def parse_message(raw, uses_extensions=False):
     """The value of one framed message; JsonError with qemu's wording if it is not JSON."""
-    if not uses_extensions and not _SURROGATE_ESCAPE.search(raw):
+    if not uses_extensions and not _JSON_MODULE_DIFFERS.search(raw):
         try:
             return _DECODER.decode(raw.decode("utf-8"))
         except (ValueError, RecursionError):
@@ -770,15 +792,19 @@ def _unescape(match):
     esc = match.group(1)
     if len(esc) == 11:                                      # a surrogate pair
         high, low = int(esc[1:5], 16), int(esc[7:11], 16)
-        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-    if esc[0] != "u":
+        char = chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    elif esc[0] != "u":
         if esc not in _ESCAPES:
             raise JsonError("invalid escape sequence in string")
         return _ESCAPES[esc]
-    if len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
+    elif len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
             or 0xD800 <= int(esc[1:], 16) < 0xE000:
+        char = None
+    else:
+        char = chr(int(esc[1:], 16))
+    if char is None or _NONCHARACTER.match(char):
         raise JsonError("\\%s is not a valid Unicode character" % esc)
-    return chr(int(esc[1:], 16))
+    return char
 
 
 def _string_value(raw):
@@ -786,6 +812,8 @@ def _string_value(raw):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or _NONCHARACTER.search(text):          # qemu refuses those as well
         raise JsonError("invalid UTF-8 sequence in string")
     return _ESCAPE.sub(_unescape, text) if "\\" in text else text
 
@@ -1045,6 +1073,16 @@ def _type_error(path, expected):
     return QgaError("Invalid parameter type for '%s', expected: %s" % (path, expected))
 
 
+def _check_narrow_int(value, typ, path):
+    """qemu's visit_type_intN/uintN range check: its error names the bare member ("null" for
+    a list element), not the path."""
+    low, high = NARROW_INT_RANGES[typ]
+    if not low <= value <= high:
+        name = "null" if path.endswith("]") else path.rpartition(".")[2]
+        raise QgaError("Parameter '%s' expects %s_t" % (name, typ))
+    return value
+
+
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean"}
 
 
@@ -1054,14 +1092,18 @@ def check_value(value, typ, path):
         if not isinstance(value, list):
             raise _type_error(path, "array")
         return [check_value(v, typ[0], "%s[%d]" % (path, i)) for i, v in enumerate(value)]
-    if typ == "int":
+    # Integers as qemu's QObject input visitor reads them: the parser made every integer
+    # token an int64 or a uint64 (else a double), "int" types take an int64 only, "uint"
+    # types and "size" take both (a negative int64 wraps), then the narrow ones check ranges.
+    if typ in INT_TYPES:
         if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
             raise _type_error(path, "integer")
-        return value
-    if typ in ("uint64", "uint32", "uint16", "uint8"):
+        return _check_narrow_int(value, typ, path) if typ in NARROW_INT_RANGES else value
+    if typ in UINT_TYPES:
         if type(value) is not int or not INT64_MIN <= value <= UINT64_MAX:
-            raise QgaError("Parameter '%s' expects %s" % (path, typ))
-        return value & UINT64_MAX             # negative values wrap, as in qemu
+            raise QgaError("Parameter '%s' expects uint64" % path)
+        value &= UINT64_MAX
+        return _check_narrow_int(value, typ, path) if typ in NARROW_INT_RANGES else value
     if typ == "number":
         if type(value) not in (int, float):
             raise _type_error(path, "number")

@@ -1,5 +1,6 @@
 """The framer and the JSON parser: bytes in, messages and qemu's errors out."""
 import json
+import sys
 import unittest
 
 from tests.support import qga_mini
@@ -126,11 +127,21 @@ class ParseErrors(unittest.TestCase):
         (b'{]', "expecting value"),
         (b']', "expecting value"),
         (b'{"a":[1,2,]}', "expecting value"),
+        (b'{"a":"\\ufffe"}', "\\ufffe is not a valid Unicode character"),
+        (b'{"a":"\\uFDEF"}', "\\uFDEF is not a valid Unicode character"),
+        (b'{"a":"\\ud83f\\udfff"}', "\\ud83f\\udfff is not a valid Unicode character"),
+        (b'{"a":"\xef\xbf\xbf"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\xef\xb7\x90"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\xf3\xbf\xbf\xbe"}', "invalid UTF-8 sequence in string"),
     ]
 
     def test_texts(self):
         for data, text in self.CASES:
             self.assertEqual(run(data), ["JSON parse error, " + text], data)
+
+    def test_characters_next_to_the_noncharacters_are_fine(self):
+        self.assertEqual(run(b'{"a": "\\ufdcf\\ufdf0\\ufffd\xf3\xbf\xbf\xbd\\ud83f\\udffd"}'),
+                         [{"a": "\ufdcf\ufdf0\ufffd\U000FFFFD\U0001FFFD"}])
 
     def test_qemu_extensions(self):
         self.assertEqual(run(b"{'a': 'x\"y\\''}"), [{"a": "x\"y'"}])
@@ -201,6 +212,52 @@ class Encoder(unittest.TestCase):
         self.assertEqual(json.loads(b"".join(chunks)),
                          {"return": {"count": 3, "buf-b64": "YWJj", "eof": True}})
         self.assertTrue(any(c == b"YWJj" for c in chunks))
+
+
+
+class Numbers(unittest.TestCase):
+    """Integer tokens as qemu's parser reads them: int64, else uint64, else strtod()."""
+
+    CASES = [
+        (b"9223372036854775807", (1 << 63) - 1), (b"9223372036854775808", 1 << 63),
+        (b"18446744073709551615", (1 << 64) - 1), (b"18446744073709551616", float(1 << 64)),
+        (b"-9223372036854775808", -(1 << 63)), (b"-9223372036854775809", -float(1 << 63)),
+        (b"-0", 0), (b"-0.0", -0.0), (b"1e308", 1e308), (b"1e309", float("inf")),
+        (b"-1e309", float("-inf")), (b"9" * 5000, float("inf")), (b"-" + b"9" * 5000,
+                                                                 float("-inf")),
+        (b"1" + b"0" * 300, 1e300), (b"12345678901234567890123", 1.2345678901234568e22),
+    ]
+
+    def parsed(self, token):
+        """The number as the json path, the exact parser and the framer each read it."""
+        message = b'{"n": ' + token + b"}"
+        values = [qga_mini.parse_message(message)["n"],
+                  qga_mini.parse_json_qemu(message)["n"],
+                  qga_mini.parse_message(b"{'n': " + token + b"}", True)["n"],
+                  run(message + message)[1]["n"]]
+        for value in values[1:]:
+            self.assertEqual((type(value), repr(value)), (type(values[0]), repr(values[0])),
+                             token[:40])
+        return values[0]
+
+    def test_every_path_reads_qemus_value(self):
+        for token, expected in self.CASES:
+            value = self.parsed(token)
+            self.assertEqual((type(value), repr(value)), (type(expected), repr(expected)),
+                             token[:40])
+
+    def test_no_digit_limit_is_ever_hit(self):
+        # 3.11+ refuses int() of more than sys.get_int_max_str_digits() digits: a token that
+        # long must never reach int(), whatever the limit is set to.
+        setter = getattr(sys, "set_int_max_str_digits", None)
+        if setter is None:
+            self.skipTest("this Python has no integer digit limit")
+        old = sys.get_int_max_str_digits()
+        self.addCleanup(setter, old)
+        setter(640)
+        for digits in (641, 4301, 100000):
+            self.assertEqual(self.parsed(b"7" * digits), float("inf"))
+        self.assertEqual(self.parsed(b"7" * 300), float("7" * 300))
 
 
 if __name__ == "__main__":

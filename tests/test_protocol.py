@@ -103,6 +103,45 @@ class NestedArguments(unittest.TestCase):
         self.assertEqual(self.check("1", "uint64"), "Parameter 'vcpus' expects uint64")
         self.assertEqual(self.check(1.0, "uint64"), "Parameter 'vcpus' expects uint64")
 
+    def test_integer_types_as_qemus_visitors_check_them(self):
+        cases = [
+            (-(1 << 63), "int", -(1 << 63)), ((1 << 63) - 1, "int", (1 << 63) - 1),
+            (1 << 63, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (1.0, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (float("inf"), "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (True, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            ((1 << 64) - 1, "uint64", (1 << 64) - 1), (-(1 << 63), "uint64", 1 << 63),
+            (float(1 << 64), "uint64", "Parameter 'vcpus' expects uint64"),
+            (-1, "size", (1 << 64) - 1), (None, "size", "Parameter 'vcpus' expects uint64"),
+            (255, "uint8", 255), (-1, "uint8", "Parameter 'vcpus' expects uint8_t"),
+            (65536, "uint16", "Parameter 'vcpus' expects uint16_t"),
+            ((1 << 32) - 1, "uint32", (1 << 32) - 1),
+            (1 << 32, "uint32", "Parameter 'vcpus' expects uint32_t"),
+            (-129, "int8", "Parameter 'vcpus' expects int8_t"), (-128, "int8", -128),
+            (1 << 15, "int16", "Parameter 'vcpus' expects int16_t"),
+            (-(1 << 31), "int32", -(1 << 31)), (1 << 31, "int32", "Parameter 'vcpus' expects int32_t"),
+            ("1", "int32", "Invalid parameter type for 'vcpus', expected: integer"),
+        ]
+        for value, typ, expected in cases:
+            try:
+                got = qga_mini.check_value(value, typ, "vcpus")
+            except qga_mini.QgaError as exc:
+                got = exc.desc
+            self.assertEqual(got, expected, (value, typ))
+
+    def test_a_narrow_range_error_names_the_member_not_the_path(self):
+        # qemu's visit_type_uintN() words it with the bare name ("null" in a list).
+        self.assertEqual(self.check(1 << 40, "uint32").replace("vcpus", "x"),
+                         "Parameter 'x' expects uint32_t")
+        try:
+            qga_mini.check_value([1 << 40], ["uint32"], "a.b")
+        except qga_mini.QgaError as exc:
+            self.assertEqual(exc.desc, "Parameter 'null' expects uint32_t")
+        try:
+            qga_mini.check_value(300, "uint8", "a[0].b")
+        except qga_mini.QgaError as exc:
+            self.assertEqual(exc.desc, "Parameter 'b' expects uint8_t")
+
     def test_alternates_and_enums(self):
         self.assertEqual(self.check(True, "GuestFileWhence"),
                          "Invalid parameter type for 'vcpus', expected: GuestFileWhence")
@@ -268,6 +307,27 @@ class OverSockets(unittest.TestCase):
                                  for i in range(2000)))
             for i in range(2000):
                 self.assertEqual(client.read_reply(), {"return": i})
+
+    def test_numbers_of_any_length_anywhere(self):
+        huge = b"9" * 5000
+        with AgentProcess() as agent:
+            client = agent.connect()
+            for request, reply in [
+                    (b'{"execute":"guest-ping","id":%s}' % huge, b'{"return": {}, "id": inf}'),
+                    (b'{"execute":"guest-ping","id":-%s}' % huge, b'{"return": {}, "id": -inf}'),
+                    (b'{"execute":"guest-sync","arguments":{"id":%s}}' % huge,
+                     b'{"error": {"class": "GenericError", "desc": "Invalid parameter type for '
+                     b'\'id\', expected: integer"}}'),
+                    (b"{'execute':'guest-ping','id':%s}" % huge, b'{"return": {}, "id": inf}'),
+                    (b'{"execute":"guest-ping","id":[%s]}{"execute":"guest-ping","id":%s' % (
+                        huge, huge), b'{"return": {}, "id": [inf]}')]:
+                client.send(request)
+                self.assertEqual(client.read_line(), reply, request[:60])
+            client.send(b"}")
+            self.assertEqual(client.read_line(), b'{"return": {}, "id": inf}')
+            self.assertEqual(client.call("guest-sync", id=3), 3)
+            self.assertIsNone(agent.proc.poll())
+            self.assertEqual(agent.read_stderr(), "")
 
     def test_client_vanishing_with_unread_replies_does_not_stop_the_agent(self):
         with AgentProcess() as agent:
