@@ -506,7 +506,8 @@ class Framer(object):
     every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  A
     read that is exactly one request (the usual case) comes back already parsed, as a dict.
     Unlike qemu-ga, a message over a limit is skipped to its end (its structure is followed
-    without storing it), so one error is answered and the next request works.
+    without storing it), so one error is answered and the next request works.  Should the
+    framer itself fail (a bug), it starts afresh and the exception is the last event.
     """
 
     def __init__(self):
@@ -529,12 +530,21 @@ class Framer(object):
     # -- public ---------------------------------------------------------------------------------
 
     def feed(self, data):
+        events = []
+        try:
+            self._feed(data, events)
+        except Exception as exc:        # a bug here must not wedge the stream: start afresh
+            self.reset()
+            events.append(exc)
+        return events
+
+    def _feed(self, data, events):
         if (self.state == _BETWEEN and not self.tokens and not self.buf
                 and len(data) <= READ_CHUNK):
             request = whole_json_object(data)       # the usual read: exactly one request
             if request is not None:
-                return [request]
-        events = []
+                events.append(request)
+                return
         while data:
             marker = _find_resync(data)
             if marker < 0:
@@ -550,7 +560,6 @@ class Framer(object):
             self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
             data = data[marker + 1:]
         self._compact()
-        return events
 
     # -- scanning -------------------------------------------------------------------------------
 
@@ -1000,6 +1009,24 @@ def encode_reply(reply):
     return chunks
 
 
+def encode_error(error, request=None):
+    """The reply chunks for a QgaError; the request's id comes first, as in qemu."""
+    reply = {"error": {"class": error.cls, "desc": error.desc}}
+    if isinstance(request, dict) and "id" in request:
+        reply = {"id": request["id"], "error": reply["error"]}
+    return encode_reply(reply)
+
+
+def last_resort_error_line(desc, request=None):
+    """An error reply line made with the json module alone, for when encode_reply() fails."""
+    body = '"error": {"class": "%s", "desc": %s}' % (GENERIC_ERROR, json.dumps(desc))
+    try:
+        body = '"id": %s, %s' % (json.dumps(request["id"]), body)
+    except Exception:                       # no request, no id, or an id json cannot write
+        pass
+    return ("{%s}\n" % body).encode("ascii")
+
+
 # ==============================================================================================
 # Command registry and argument checking
 # ==============================================================================================
@@ -1365,8 +1392,10 @@ class Agent(object):
     # -- dispatch -------------------------------------------------------------------------------
 
     def dispatch(self, request):
-        """The reply to one parsed request as byte chunks, or [] when there is none."""
-        has_id = isinstance(request, dict) and "id" in request
+        """The reply to one parsed request as byte chunks, or [] when there is none.
+
+        A QgaError is answered here; any other exception (a bug) goes up to reply_to().
+        """
         try:
             if not isinstance(request, dict):
                 raise QgaError("QMP input must be a JSON object")
@@ -1379,24 +1408,17 @@ class Agent(object):
                 raise QgaError(reason, COMMAND_NOT_FOUND)
             kwargs = check_members(arguments, cmd.data)
             result = cmd.func(self, **{k.replace("-", "_"): v for k, v in kwargs.items()})
-            if not cmd.success_response:
-                return []
-            reply = {"return": {} if result is None else result}
         except QgaError as exc:
-            reply = {"error": {"class": exc.cls, "desc": exc.desc}}
-        except Exception as exc:        # a bug in a command must not take the agent down
-            self.log.error("internal error: %r" % (exc,))
-            reply = {"error": {"class": GENERIC_ERROR, "desc": "internal error: %s" % (exc,)}}
-        if has_id:
-            if "error" in reply:
-                reply = {"id": request["id"], "error": reply["error"]}   # qemu's key order
-            else:
-                reply["id"] = request["id"]
+            self.reply_prefix = b""
+            return encode_error(exc, request)
         prefix, self.reply_prefix = self.reply_prefix, b""
+        if not cmd.success_response:
+            return []
+        reply = {"return": {} if result is None else result}
+        if "id" in request:
+            reply["id"] = request["id"]
         chunks = encode_reply(reply)
-        if prefix and "return" in reply:
-            chunks.insert(0, prefix)
-        return chunks
+        return [prefix] + chunks if prefix else chunks
 
     @staticmethod
     def _check_request(request):
@@ -1428,25 +1450,39 @@ class Agent(object):
         """
         out, size = [], 0
         while events and (limit is None or size < limit):
-            event, error = events.popleft(), None
-            if isinstance(event, QgaError):
-                error = event
-            elif isinstance(event, dict):
-                request = event                 # the framer parsed it already
-            else:
-                try:
-                    request = parse_message(*event)
-                except JsonError as exc:
-                    error = QgaError("JSON parse error, %s" % exc)
-                event = None                    # a message's bytes die with its parsing
-            if error is None:
-                chunks = self.dispatch(request)
-                request = None
-            else:
-                chunks = encode_reply({"error": {"class": error.cls, "desc": error.desc}})
-            out.extend(chunks)
-            size += sum(len(chunk) for chunk in chunks)
+            chunks = self.reply_to(events.popleft())
+            out += chunks
+            size += sum(map(len, chunks))
         return out
+
+    def reply_to(self, event):
+        """The reply chunks for one framer event: the one boundary around a message's life.
+
+        Whatever fails on the way (the framer, parsing, checking, the command, encoding) is
+        one GenericError reply, with the request's id when it is known, logged once; the agent
+        goes on serving the same connection.
+        """
+        request = None
+        try:
+            if isinstance(event, tuple):
+                try:
+                    event = parse_message(*event)   # the message's bytes die with its parsing
+                except JsonError as exc:
+                    return encode_error(QgaError("JSON parse error, %s" % exc))
+            elif isinstance(event, QgaError):
+                return encode_error(event)
+            elif isinstance(event, Exception):
+                raise event                         # the framer failed (and started afresh)
+            request, event = event, None
+            return self.dispatch(request)
+        except Exception as exc:
+            self.reply_prefix = b""
+            self.log.error("internal error: %r" % (exc,))
+            error = QgaError("internal error: %s" % (exc,))
+            try:
+                return encode_error(error, request)
+            except Exception:                       # the encoder itself failed
+                return [last_resort_error_line(error.desc, request)]
 
 
 # -- Helper programs: the one way the agent runs a child to its end ---------------------------

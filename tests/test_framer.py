@@ -260,5 +260,17 @@ class Numbers(unittest.TestCase):
         self.assertEqual(self.parsed(b"7" * 300), float("7" * 300))
 
 
+class FramerFailure(unittest.TestCase):
+    def test_a_failing_framer_starts_afresh_and_says_so(self):
+        framer = Framer()
+        self.assertEqual(len(framer.feed(b'{"execute":"guest-sync","arguments":')), 0)
+        framer._scan = None                                         # calling it raises
+        events = framer.feed(b'{"id":1}}' + PING)
+        self.assertEqual(len(events), 1)
+        self.assertIsInstance(events[0], TypeError)
+        del framer._scan
+        self.assertEqual(framer.feed(PING), [{"execute": "guest-ping"}])
+
+
 if __name__ == "__main__":
     unittest.main()

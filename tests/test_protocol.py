@@ -1,4 +1,5 @@
 """Requests over a socket: validation texts, ids, sync, the command filter, guest-info."""
+import io
 import json
 import unittest
 
@@ -287,6 +288,81 @@ class InternalErrors(Harnessed):
         self.assertEqual(cls, "GenericError")
         self.assertIn("division", desc)
         self.assertEqual(self.h.call("guest-ping"), {})
+
+
+class OneBoundaryPerMessage(Harnessed):
+    """A failure at any stage of a message's life (framing, parsing, checking, the command,
+    encoding) is one error reply, logged once, and the next request on the same connection
+    is answered."""
+
+    INJECTED = b'"desc": "internal error: injected"}}'
+    NEXT = b'{"execute":"guest-sync","arguments":{"id":8},"id":9}'
+
+    def setUp(self):
+        Harnessed.setUp(self)
+        self.log = io.StringIO()
+        self.h.agent.log.stream = self.log
+
+    def fail(self, target, name, times=1):
+        """Make ``target.name`` raise the next ``times`` times it is called."""
+        real = getattr(target, name)
+        left = [times]
+
+        def failing(*args, **kwargs):
+            if left[0]:
+                left[0] -= 1
+                raise RuntimeError("injected")
+            return real(*args, **kwargs)
+        setattr(target, name, failing)
+        self.addCleanup(setattr, target, name, real)
+
+    def check(self, request, reply):
+        self.assertEqual(self.raw(request), reply)
+        self.assertEqual(self.log.getvalue().count("error: internal error: "), 1, self.log.getvalue())
+        self.assertEqual(self.raw(self.NEXT), b'{"return": 8, "id": 9}')
+        self.assertIn(b"stray", self.raw(b"\xff" + self.NEXT.replace(b"sync", b"sync-delimited")))
+        self.assertEqual(self.h.read_line(), b'\xff{"return": 8, "id": 9}')
+
+    def test_framer(self):
+        self.fail(qga_mini.Framer, "_feed")
+        self.check(b'{"execute":"guest-ping","id":1}', b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
+    def test_exact_parser(self):
+        self.fail(qga_mini, "parse_message")
+        self.check(b"{'execute':'guest-ping','id':1}", b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
+    def test_checker(self):
+        self.fail(qga_mini, "check_members")
+        self.check(b'{"execute":"guest-sync","arguments":{"id":2},"id":1}',
+                   b'{"id": 1, "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_command(self):
+        sync = qga_mini.COMMANDS["guest-sync"]
+        self.addCleanup(qga_mini.COMMANDS.__setitem__, "guest-sync", sync)
+
+        def crash(agent, id):
+            qga_mini.COMMANDS["guest-sync"] = sync
+            raise RuntimeError("injected")
+        qga_mini.COMMANDS["guest-sync"] = sync._replace(func=crash)
+        self.check(b'{"execute":"guest-sync","arguments":{"id":2},"id":1}',
+                   b'{"id": 1, "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_encoder(self):
+        self.fail(qga_mini, "encode_reply")
+        self.check(b'{"execute":"guest-sync-delimited","arguments":{"id":2},"id":[1.5]}',
+                   b'{"id": [1.5], "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_encoder_failing_for_the_error_reply_too(self):
+        self.fail(qga_mini, "encode_reply", times=2)
+        self.check(b'{"execute":"guest-ping","id":"\xc3\xa9"}',
+                   b'{"id": "\\u00e9", "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_bad_input_is_not_an_internal_error(self):
+        for data in (b"\xff", b"]", b'{"a":1,"a":2}', b'{"execute":"x"}', b"{'a':\"\\ud800\"}"):
+            self.assertTrue(self.raw(data).startswith(b'{"error": {"class": '), data)
+        self.assertEqual(self.log.getvalue(), "")
 
 
 class OverSockets(unittest.TestCase):
