@@ -73,6 +73,7 @@ MAX_MESSAGE_TOKENS = 2 << 20       # tokens of one request
 MAX_NESTING = 1024                 # open braces + brackets of one request
 READ_CHUNK = 65536                 # bytes per read(); qemu-ga uses 4096, more is fewer syscalls
 MAX_PENDING_OUTPUT = 1 << 20       # stop reading and answering while this much reply waits
+JOINED_REPLY_MAX = 65536           # replies shorter are joined: one chunk to queue and write
 ERROR_TOKEN_ECHO = 64              # bytes of a bad token quoted back in a lexer error
 
 # Channels.
@@ -458,6 +459,12 @@ class Host(object):
 # complete message is then parsed by the json module; only a message json rejects, or one
 # using qemu's extensions (single-quoted strings), goes through the slower parse_json_qemu()
 # below, which reproduces qemu's parse errors.
+#
+# The token walk is a Python step per token, so it is kept for where it is needed.  At a
+# message boundary the json module's own scanner reads the whole objects at the front of a
+# read (or of what follows a 0xFF, or the end of a message an earlier read began) one after
+# the other, and the walk takes over only at the first thing json cannot vouch for: a 0xFF,
+# a partial message, qemu's extensions, an error, a limit (leading_json_objects() below).
 
 _STRUCTURAL = b"{}[]:,"
 _SPACE = re.compile(rb"[ \t\r\n]*")
@@ -469,6 +476,7 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
 _LEADING_ZERO = re.compile(rb"-?0\Z")
 _RECOVERY_STOP = re.compile(rb"[\[\]{}:,\x00-\x08\x0a-\x1f\xfe\xff]")
+_SPACE_TEXT = re.compile(r"[ \t\r\n]*")
 # Characters that the json module reads differently from qemu: surrogate escapes (qemu pairs
 # them itself, with its own errors) and Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE,
 # U+xFFFF), which qemu refuses whether escaped or raw.  A message with any goes to
@@ -484,11 +492,18 @@ _NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
 
 
-def _find_resync(data):
-    """Where the first 0xFF or 0xFE byte of ``data`` is, or -1.  Two memchr() scans: a
-    regular expression would cost ~50x more on a megabytes-long base64 string."""
+def _resync_points(data):
+    """The positions of the 0xFF and 0xFE bytes of ``data``, in order.  memchr() scans that
+    pass each byte once: a regular expression would cost ~50x more on a megabytes-long
+    base64 string, and rescanning the rest after each marker is quadratic."""
     ff, fe = data.find(b"\xff"), data.find(b"\xfe")
-    return fe if ff < 0 else ff if fe < 0 else min(ff, fe)
+    while ff >= 0 or fe >= 0:
+        if fe < 0 or 0 <= ff < fe:
+            yield ff
+            ff = data.find(b"\xff", ff + 1)
+        else:
+            yield fe
+            fe = data.find(b"\xfe", fe + 1)
 
 
 def _quote_token(raw):
@@ -503,11 +518,11 @@ class Framer(object):
     """Bytes in, messages out.
 
     ``feed(data)`` returns a list of events: ``(raw_message_bytes, uses_extensions)`` for
-    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  A
-    read that is exactly one request (the usual case) comes back already parsed, as a dict.
-    Unlike qemu-ga, a message over a limit is skipped to its end (its structure is followed
-    without storing it), so one error is answered and the next request works.  Should the
-    framer itself fail (a bug), it starts afresh and the exception is the last event.
+    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  The
+    objects that leading_json_objects() reads (the usual requests) come back already parsed,
+    as dicts.  Unlike qemu-ga, a message over a limit is skipped to its end (its structure is
+    followed without storing it), so one error is answered and the next request works.  Should
+    the framer itself fail (a bug), it starts afresh and the exception is the last event.
     """
 
     def __init__(self):
@@ -539,18 +554,9 @@ class Framer(object):
         return events
 
     def _feed(self, data, events):
-        if (self.state == _BETWEEN and not self.tokens and not self.buf
-                and len(data) <= READ_CHUNK):
-            request = whole_json_object(data)       # the usual read: exactly one request
-            if request is not None:
-                events.append(request)
-                return
-        while data:
-            marker = _find_resync(data)
-            if marker < 0:
-                self._scan(data, events)
-                break
-            self._scan(data[:marker], events)
+        start = 0
+        for marker in _resync_points(data):
+            self._feed_segment(data[start:marker], events)
             partial = b""
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
@@ -558,10 +564,31 @@ class Framer(object):
                 events.append(self._lexer_error(partial + b"\xff"))
             self.reset()
             self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
-            data = data[marker + 1:]
+            start = marker + 1
+        self._feed_segment(data[start:] if start else data, events)
         self._compact()
 
     # -- scanning -------------------------------------------------------------------------------
+
+    def _feed_segment(self, data, events):
+        """Bytes holding no 0xFF or 0xFE: the token walk finishes the message (or recovery) an
+        earlier read left open, the json module reads the whole objects that follow, and the
+        walk takes what json leaves, to the segment's end: json looks at each segment once at
+        most, so even a read of garbage costs linear time."""
+        if self.state == _RECOVERY and not self.buf:
+            stop = _RECOVERY_STOP.search(data)
+            if stop is None:
+                return
+            data = data[stop.start():]
+            self.state = _BETWEEN
+        if self.state != _BETWEEN or self.tokens:
+            data = self._scan(data, events, until_boundary=True)
+        if data and len(data) <= MAX_MESSAGE_TOKENS:   # so no message in it is over a limit
+            taken = leading_json_objects(data, events)
+            if taken:
+                data = data[taken:]
+        if data:
+            self._scan(data, events)
 
     def _compact(self):
         """Drop consumed bytes; while discarding, keep nothing but a number or keyword."""
@@ -575,13 +602,19 @@ class Framer(object):
             self.start -= keep
             self.token_start -= keep
 
-    def _scan(self, data, events):
+    def _scan(self, data, events, until_boundary=False):
+        """Walk ``data`` token by token; with ``until_boundary``, stop where the open message
+        ends and return the bytes not walked (else b"")."""
         buf = self.buf
         buf += data
         end = len(buf)
         while self.pos < end:
             state = self.state
             if state == _BETWEEN:
+                if until_boundary and not self.tokens:
+                    rest = bytes(buf[self.pos:])
+                    del buf[self.pos:]
+                    return rest
                 pos = _SPACE.match(buf, self.pos).end()
                 if pos == end:
                     self.pos = pos
@@ -644,6 +677,7 @@ class Framer(object):
                     break
                 self.pos = self.start = stop.start()
                 self.state = _BETWEEN
+        return b""
 
     def _scan_string(self, events, end):
         """Advance through a string token; False when more input is needed."""
@@ -755,24 +789,45 @@ def _no_constants(name):
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_int=_qemu_int,
                             parse_constant=_no_constants)
+_SCAN_JSON_VALUE = _DECODER.scan_once       # (text, index) -> (value, end); the C scanner
 
 
-def whole_json_object(data):
-    """The dict ``data`` holds when it is exactly one JSON object, else None.
+def leading_json_objects(data, events):
+    """Read the whole JSON objects at the front of ``data`` with the json module's C scanner,
+    one after the other, appending each (a dict) to ``events``; return how many bytes they
+    and the whitespace around them take.
 
     Standard JSON that the json module accepts is read the same way by qemu's lexer and
-    parser, so for it the token-by-token scan can be skipped; anything else (several
-    messages, a partial one, qemu's extensions, an error) goes through the framer.
+    parser, and a message that json reads whole ends where qemu's framer would end it, so
+    these need no token walk.  It stops at the first thing it cannot vouch for, and the
+    framer's walk takes it from there: anything but an object, bytes that are not UTF-8 (0xFF
+    and 0xFE among them), _JSON_MODULE_DIFFERS, a partial message, an error or one of qemu's
+    extensions (json refuses both), nesting over MAX_NESTING.  The caller keeps ``data`` under
+    the token and size limits, so no message in it can be over them.
     """
-    text = data.strip(b" \t\r\n")
-    if (text[:1] != b"{" or text[-1:] != b"}" or _JSON_MODULE_DIFFERS.search(text)
-            or text.count(b"{") + text.count(b"[") > MAX_NESTING):
-        return None
+    start = _SPACE.match(data).end()
+    if data[start:start + 1] != b"{":
+        return start
+    differs = _JSON_MODULE_DIFFERS.search(data, start)
+    end = differs.start() if differs else len(data)
     try:
-        value = _DECODER.decode(text.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+        text = data[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = data[start:start + exc.start].decode("utf-8")
+    pos = 0
+    while text[pos:pos + 1] == "{":
+        try:
+            value, after = _SCAN_JSON_VALUE(text, pos)
+        except (StopIteration, ValueError, RecursionError):
+            break
+        if (after - pos > MAX_NESTING
+                and text.count("{", pos, after) + text.count("[", pos, after) > MAX_NESTING):
+            break
+        events.append(value)
+        pos = after if text.startswith("{", after) else _SPACE_TEXT.match(text, after).end()
+    if pos == len(text) and end - start == pos:     # all of it, and only ASCII
+        return end
+    return start + len(text[:pos].encode("utf-8"))
 
 
 def parse_message(raw, uses_extensions=False):
@@ -937,14 +992,16 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
-def _has_float(value):
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
-    return False
+_DOUBLE_TOKEN = re.compile(r"[.IN]|[0-9]e")
+
+
+def _has_double(text):
+    """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
+    only punctuation, true, false, null and numbers, and only a double's repr has a '.', an
+    'e' after a digit, or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")     # no quote left is escaped
+    return _DOUBLE_TOKEN.search("".join(text.split('"')[::2])) is not None
 
 
 def _encode_qemu(value):
@@ -984,8 +1041,14 @@ def encode_reply(reply):
     """
     if reply == _EMPTY_RETURN:
         return [_EMPTY_RETURN_LINE]         # guest-ping, guest-file-close, ... : most replies
-    spliced = []
     ret = reply.get("return")
+    if type(ret) is int:                    # guest-sync, guest-file-open, ...: print them
+        if len(reply) == 1:
+            return [b'{"return": %d}\n' % ret]
+        ident = reply.get("id")
+        if type(ident) is int and len(reply) == 2 and next(iter(reply)) == "return":
+            return [b'{"return": %d, "id": %d}\n' % (ret, ident)]
+    spliced = []
     if isinstance(ret, dict):
         for key, value in ret.items():
             if isinstance(value, (bytes, bytearray)):
@@ -994,7 +1057,9 @@ def encode_reply(reply):
             marked = OrderedDict((key, _SPLICE_MARK if isinstance(value, (bytes, bytearray))
                                   else value) for key, value in ret.items())
             reply = dict(reply, **{"return": marked})
-    text = _ENCODER.encode(reply) if not _has_float(reply) else "".join(_encode_qemu(reply))
+    text = _ENCODER.encode(reply)
+    if _has_double(text):
+        text = "".join(_encode_qemu(reply))
     if "\\u" in text:
         text = _LOWER_ESCAPE.sub(_upper_escape, text)
     if "\x7f" in text:
@@ -1162,16 +1227,16 @@ def check_value(value, typ, path):
 
 def check_members(obj, members, prefix=""):
     """An object's members checked against a QAPI ``data`` dict, in schema order."""
-    checked = OrderedDict()
+    checked = {}
     for spec, typ in members.items():
         name = spec.lstrip("*")
         if name in obj:
             checked[name] = check_value(obj[name], typ, prefix + name)
         elif not spec.startswith("*"):
             raise QgaError("Parameter '%s' is missing" % (prefix + name))
-    for name in obj:
-        if name not in checked:
-            raise QgaError("Parameter '%s' is unexpected" % (prefix + name))
+    if len(checked) != len(obj):
+        name = next(name for name in obj if name not in checked)
+        raise QgaError("Parameter '%s' is unexpected" % (prefix + name))
     return checked
 
 
@@ -1406,8 +1471,11 @@ class Agent(object):
             reason = self.disabled_reason(name)
             if reason:
                 raise QgaError(reason, COMMAND_NOT_FOUND)
-            kwargs = check_members(arguments, cmd.data)
-            result = cmd.func(self, **{k.replace("-", "_"): v for k, v in kwargs.items()})
+            kwargs = check_members(arguments, cmd.data) if arguments or cmd.data else None
+            if kwargs:
+                result = cmd.func(self, **{k.replace("-", "_"): v for k, v in kwargs.items()})
+            else:
+                result = cmd.func(self)
         except QgaError as exc:
             self.reply_prefix = b""
             return encode_error(exc, request)
@@ -1422,6 +1490,10 @@ class Agent(object):
 
     @staticmethod
     def _check_request(request):
+        name, arguments = request.get("execute"), request.get("arguments", {})
+        if (type(name) is str and type(arguments) is dict
+                and len(request) == 1 + ("arguments" in request) + ("id" in request)):
+            return name, arguments              # the usual request: nothing to complain of
         name, arguments = None, {}
         for key, value in request.items():
             if key == "execute":
@@ -1448,11 +1520,20 @@ class Agent(object):
         With ``limit``, it stops once the replies reach ``limit`` bytes and leaves the rest
         in ``events``: one read can hold hundreds of requests for 64 MiB replies.
         """
-        out, size = [], 0
+        out, lines, size = [], [], 0
         while events and (limit is None or size < limit):
             chunks = self.reply_to(events.popleft())
+            if len(chunks) == 1 and len(chunks[0]) < JOINED_REPLY_MAX:
+                lines.append(chunks[0])
+                size += len(chunks[0])
+                continue
+            if lines:
+                out.append(b"".join(lines))
+                lines = []
             out += chunks
             size += sum(map(len, chunks))
+        if lines:
+            out.append(b"".join(lines))
         return out
 
     def reply_to(self, event):
@@ -1464,15 +1545,15 @@ class Agent(object):
         """
         request = None
         try:
-            if isinstance(event, tuple):
+            if type(event) is not dict:             # not parsed by the framer already
+                if isinstance(event, QgaError):
+                    return encode_error(event)
+                if isinstance(event, Exception):
+                    raise event                     # the framer failed (and started afresh)
                 try:
                     event = parse_message(*event)   # the message's bytes die with its parsing
                 except JsonError as exc:
                     return encode_error(QgaError("JSON parse error, %s" % exc))
-            elif isinstance(event, QgaError):
-                return encode_error(event)
-            elif isinstance(event, Exception):
-                raise event                         # the framer failed (and started afresh)
             request, event = event, None
             return self.dispatch(request)
         except Exception as exc:

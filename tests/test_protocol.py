@@ -328,6 +328,17 @@ class OneBoundaryPerMessage(Harnessed):
         self.check(b'{"execute":"guest-ping","id":1}', b'{"error": {"class": "GenericError", '
                    + self.INJECTED)
 
+    def test_framer_failing_after_a_message(self):
+        self.fail(qga_mini.Framer, "_scan")       # the walk, after json read the first one
+        self.h.send(b'{"execute":"guest-sync","arguments":{"id":2}}')
+        self.assertEqual(self.raw(b"{'execute':'guest-ping'}"), b'{"return": 2}')
+        self.check(b"", b'{"error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_json_parser(self):
+        self.fail(qga_mini, "_SCAN_JSON_VALUE")
+        self.check(b'{"execute":"guest-ping","id":1}', b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
     def test_exact_parser(self):
         self.fail(qga_mini, "parse_message")
         self.check(b"{'execute':'guest-ping','id':1}", b'{"error": {"class": "GenericError", '
