@@ -992,16 +992,16 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
-_DOUBLE_TOKEN = re.compile(r"[.IN]|[0-9]e")
-
-
 def _has_double(text):
     """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
-    only punctuation, true, false, null and numbers, and only a double's repr has a '.', an
-    'e' after a digit, or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
+    only punctuation, true, false, null and numbers, and only a double's repr has a '.' or an
+    'e', or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
     if "\\" in text:
         text = text.replace("\\\\", "").replace('\\"', "")     # no quote left is escaped
-    return _DOUBLE_TOKEN.search("".join(text.split('"')[::2])) is not None
+    outside = "".join(text.split('"')[::2])
+    if "e" in outside:
+        outside = outside.replace("true", "").replace("false", "")
+    return "." in outside or "e" in outside or "I" in outside or "N" in outside
 
 
 def _encode_qemu(value):
