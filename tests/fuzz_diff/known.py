@@ -1,8 +1,10 @@
 """Divergences that are understood, each with the area that owns it and why.
 
-An entry matches either one differing pair of replies (``pair``: qemu-ga's reply, qga-mini's
-reply, each as run.normalize() gives it) or a whole exchange (``whole``: case, qemu-ga's and
-qga-mini's ([replies], end)).  An input whose differences are all matched is "known".
+An entry explains one differing pair of replies (``pair(theirs, ours)``: qemu-ga's and
+qga-mini's reply, as run.normalize() gives them), everything from a differing reply on
+(``rest(theirs, ours, i)``: the two reply lists, the index; the streams part there), or a
+whole exchange (``whole(case, theirs, ours)``, each side as ([replies], end)).  An input whose
+differences are all explained is "known".
 Areas:
 - "proto": the wire protocol, number parsing, integer ranges.  That developer's branch is
   fixing them; the lead drops these entries after merging it.
@@ -12,7 +14,7 @@ Areas:
 import re
 from collections import namedtuple
 
-Known = namedtuple("Known", "name area why pair whole")
+Known = namedtuple("Known", "name area why pair rest whole")
 
 LIMIT_ERRORS = ("JSON nesting depth limit exceeded", "JSON token count limit exceeded",
                 "JSON token size limit exceeded")
@@ -26,14 +28,10 @@ def _error(reply, pattern):
     return reply[0] == "error" and re.match(pattern, reply[2]) is not None
 
 
-def _limit_then_anything(case, theirs, ours):
-    """Both met the same limit error at the same place; what follows may differ."""
-    for a, b in zip(theirs[0], ours[0]):
-        if a != b:
-            return False
-        if a[0] == "error" and a[2] in LIMIT_ERRORS:
-            return True
-    return False
+def _limit_then_anything(theirs, ours, i):
+    """Both met the same limit error before this place; what follows may differ."""
+    return any(a == b and a[0] == "error" and a[2] in LIMIT_ERRORS
+               for a, b in zip(theirs[:i], ours[:i]))
 
 
 def _huge_integer_kills(case, theirs, ours):
@@ -41,64 +39,66 @@ def _huge_integer_kills(case, theirs, ours):
             and re.search(rb"[0-9]{4300}", b"".join(case["chunks"])) is not None)
 
 
-def _parse_level_difference(case, theirs, ours):
-    """The first difference is between two parse-level errors (lexer 'stray' texts, the
-    recovery after a lexer error inside a number or string): the streams part from there."""
-    for a, b in zip(theirs[0], ours[0]):
-        if a != b:
-            return (a[0] == b[0] == "error" and PARSE_LEVEL.match(a[2]) is not None
-                    and PARSE_LEVEL.match(b[2]) is not None)
-    return False
+def _parse_level_difference(theirs, ours, i):
+    """Two parse-level errors differ (lexer 'stray' texts, the recovery after a lexer error
+    inside a number or string): the streams part from there."""
+    return (i < len(theirs) and i < len(ours) and theirs[i][0] == ours[i][0] == "error"
+            and PARSE_LEVEL.match(theirs[i][2]) is not None
+            and PARSE_LEVEL.match(ours[i][2]) is not None)
 
 
 KNOWN = [
     Known("limit-then-rest-of-message", "README",
           "Limits: after a limit error qemu-ga lexes the rest of the message as new input "
           "(a flood of errors); qga-mini skips to the message's end",
-          None, _limit_then_anything),
+          None, _limit_then_anything, None),
     Known("huge-integer-kills-agent", "proto",
           "an integer literal of 4300+ digits ends qga-mini (issue 9 item 2)",
-          None, _huge_integer_kills),
+          None, None, _huge_integer_kills),
     Known("parse-error-texts-and-recovery", "proto",
           "lexer error texts and the recovery after an error inside a token differ "
           "(e.g. '\\u12\"' quoted with its quote, a 0xFF inside a number)",
-          None, _parse_level_difference),
+          None, _parse_level_difference, None),
     Known("newer-commands", "README",
           "guest-get-load and guest-network-get-route are qemu-ga 10.x commands",
-          lambda a, b: _error(a, NEWER_COMMANDS), None),
+          lambda a, b: _error(a, NEWER_COMMANDS), None, None),
     Known("guest-get-devices", "README",
           "qemu-ga disables guest-get-devices on Linux; qga-mini lists PCI devices",
-          lambda a, b: _error(a, r"Command guest-get-devices has been disabled\Z"), None),
+          lambda a, b: _error(a, r"Command guest-get-devices has been disabled\Z"),
+          None, None),
     Known("exec-capture-output-modes", "README",
           "guest-exec capture-output takes 10.x's modes too (qemu-ga 7.2: a boolean only)",
           lambda a, b: _error(a, r"Invalid parameter type for 'capture-output', expected: "
-                                 r"boolean\Z"), None),
+                                 r"boolean\Z"), None, None),
     Known("ssh-unknown-user-text", "README",
           "guest-ssh-*: an unknown user is 'No such user' (qemu-ga 7.2 says 'Success')",
           lambda a, b: _error(a, r"(?s)failed to lookup user '.*': Success\Z")
-          and _error(b, r"(?s)failed to lookup user '.*': No such user\Z"), None),
+          and _error(b, r"(?s)failed to lookup user '.*': No such user\Z"), None, None),
     Known("unexpected-member-order", "README",
           "with several unexpected members qemu-ga names the first in its hash table's "
           "order, qga-mini the first in the request",
           lambda a, b: _error(a, UNEXPECTED) and _error(b, UNEXPECTED)
-          and a[2].split("'")[0] == b[2].split("'")[0], None),
+          and a[2].split("'")[0] == b[2].split("'")[0], None, None),
 ]
 BY_NAME = {k.name: k for k in KNOWN}
 
 
 def match(case, theirs, ours):
-    """The entry that explains this divergence, or None."""
+    """The entry that explains this divergence (the first one used), or None."""
     for entry in KNOWN:
         if entry.whole and entry.whole(case, theirs, ours):
             return entry
-    if theirs[1] != ours[1] or len(theirs[0]) != len(ours[0]):
-        return None
+    (a_list, a_end), (b_list, b_end) = theirs, ours
     found = None
-    for a, b in zip(theirs[0], ours[0]):
-        if a == b:
+    for i in range(max(len(a_list), len(b_list)) + 1):
+        a, b = a_list[i:i + 1], b_list[i:i + 1]
+        if a == b and (a or a_end == b_end):
+            if not a:
+                return found
             continue
-        entry = next((k for k in KNOWN if k.pair and k.pair(a, b)), None)
+        entry = next((k for k in KNOWN if a and b and k.pair and k.pair(a[0], b[0])), None)
         if entry is None:
-            return None
+            entry = next((k for k in KNOWN if k.rest and k.rest(a_list, b_list, i)), None)
+            return (found or entry) if entry else None
         found = found or entry
     return found

@@ -147,6 +147,8 @@ class Fuzzer(object):
         if entry is not None:
             self.counts["known"] += 1
             self.known_seen[entry.name] = self.known_seen.get(entry.name, 0) + 1
+            if self.save_dir and self.known_seen[entry.name] == 1:   # one example of each
+                self.save(case, "known-%s" % entry.name)
             if self.verbose:
                 print("known (%s): %s" % (entry.name, describe(case)), flush=True)
             return
@@ -156,8 +158,11 @@ class Fuzzer(object):
         print("DIVERGENCE %s\n  qemu-ga:  %s\n  qga-mini: %s" % (
             describe(case), _short(theirs, at), _short(ours, at)), flush=True)
         if self.save_dir:
-            os.makedirs(self.save_dir, exist_ok=True)
-            save(case, os.path.join(self.save_dir, "seed%s-%s.json" % (case["seed"],
+            self.save(case, "new")
+
+    def save(self, case, kind):
+        os.makedirs(self.save_dir, exist_ok=True)
+        save(case, os.path.join(self.save_dir, "%s-seed%s-%s.json" % (kind, case["seed"],
                                                                        case["index"])))
 
 
