@@ -10,12 +10,14 @@ has a deadline.  A reader that never rescans: each received byte is looked at on
 import json
 import os
 import select
+import sys
 import time
 
 from tests.hostile import BadReply, parse_reply_line
 from tests.support import AGENT, PYTHON
 from tests.test_oracle_files import QEMU_GA, RawAgent
 
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))   # replies echo ids 1024 deep
 REPLY_TIMEOUT = 30.0
 PING_ID = "fuzz-diff-ping-%d"
 

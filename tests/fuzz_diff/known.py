@@ -18,7 +18,10 @@ Known = namedtuple("Known", "name area why pair rest whole")
 
 LIMIT_ERRORS = ("JSON nesting depth limit exceeded", "JSON token count limit exceeded",
                 "JSON token size limit exceeded")
-PARSE_LEVEL = re.compile(r"JSON parse error, |QMP input must be a JSON object\Z")
+STRAY = r"(?s)JSON parse error, stray '.*'\Z"
+BAD_ESCAPE = r"(?s)JSON parse error, .* is not a valid Unicode character\Z"
+ERROR_TOKEN_ECHO = 64
+TOKEN_THEN_FF = r"JSON parse error, stray '[-0-9.eE+a-z]+\ufffd'\Z"
 NEWER_COMMANDS = re.compile(r"The command (guest-get-load|guest-network-get-route) has not "
                             r"been found\Z")
 UNEXPECTED = re.compile(r"(Parameter|QMP input member) '[^']*' is unexpected\Z")
@@ -39,12 +42,26 @@ def _huge_integer_kills(case, theirs, ours):
             and re.search(rb"[0-9]{4300}", b"".join(case["chunks"])) is not None)
 
 
-def _parse_level_difference(theirs, ours, i):
-    """Two parse-level errors differ (lexer 'stray' texts, the recovery after a lexer error
-    inside a number or string): the streams part from there."""
-    return (i < len(theirs) and i < len(ours) and theirs[i][0] == ours[i][0] == "error"
-            and PARSE_LEVEL.match(theirs[i][2]) is not None
-            and PARSE_LEVEL.match(ours[i][2]) is not None)
+def _token_cut_by_0xff(theirs, ours, i):
+    return (i < len(theirs) and i < len(ours) and ours[i][0] == "error"
+            and re.match(TOKEN_THEN_FF, ours[i][2]) is not None and theirs[i][0] == "error"
+            and (theirs[i][2] in ("JSON parse error, stray '\ufffd'",
+                                  "QMP input must be a JSON object",
+                                  "JSON parse error, expecting value")
+                 or theirs[i][2].startswith("JSON parse error, invalid keyword")))
+
+
+def _ascii_only(text):
+    return re.sub(r"[^\x01-\x7f]", "", text)
+
+
+def _capped(theirs, ours):
+    """qga-mini's stray text is qemu-ga's cut to its first 32 and last 32 bytes (ASCII and
+    the 0xFF here, which both show as one U+FFFD)."""
+    inner_a, inner_b = (text[len("JSON parse error, stray '"):-1] for text in (theirs, ours))
+    half = ERROR_TOKEN_ECHO // 2
+    return len(inner_a) > ERROR_TOKEN_ECHO and inner_b == inner_a[:half] + "..." + inner_a[
+        -half:]
 
 
 KNOWN = [
@@ -55,10 +72,24 @@ KNOWN = [
     Known("huge-integer-kills-agent", "proto",
           "an integer literal of 4300+ digits ends qga-mini (issue 9 item 2)",
           None, None, _huge_integer_kills),
-    Known("parse-error-texts-and-recovery", "proto",
-          "lexer error texts and the recovery after an error inside a token differ "
-          "(e.g. '\\u12\"' quoted with its quote, a 0xFF inside a number)",
-          None, _parse_level_difference, None),
+    Known("lexer-error-quote-cap", "README",
+          "Lexer error text: qga-mini quotes at most 64 bytes of a bad token",
+          lambda a, b: _error(a, STRAY) and _error(b, STRAY) and _capped(a[2], b[2]),
+          None, None),
+    Known("token-cut-by-0xff", "proto",
+          "a 0xFF right after a number or keyword: qemu-ga ends the token first (it may "
+          "complete a message: a bare number is answered 'QMP input must be a JSON object') "
+          "and quotes the 0xFF alone; qga-mini quotes token and 0xFF as one stray token",
+          None, _token_cut_by_0xff, None),
+    Known("stray-text-of-invalid-utf8", "proto",
+          "a stray token holding invalid UTF-8: qemu-ga's text shows each bad sequence as "
+          "one U+FFFD (and C0 80 as NUL), qga-mini each bad byte",
+          lambda a, b: _error(a, STRAY) and _error(b, STRAY)
+          and _ascii_only(a[2]) == _ascii_only(b[2]), None, None),
+    Known("bad-unicode-escape-text", "proto",
+          "a bad \\u escape: qemu-ga's text quotes the rest of the token up to the next "
+          "quote (\\u12\"), qga-mini's stops at the escape",
+          lambda a, b: _error(a, BAD_ESCAPE) and _error(b, BAD_ESCAPE), None, None),
     Known("newer-commands", "README",
           "guest-get-load and guest-network-get-route are qemu-ga 10.x commands",
           lambda a, b: _error(a, NEWER_COMMANDS), None, None),

@@ -12,6 +12,7 @@ import base64
 import glob
 import json
 import os
+import signal
 import sys
 import time
 
@@ -203,7 +204,8 @@ def main(argv=None):
     parser.add_argument("--replay", help="send every reproducer in this directory first")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))   # ids echoed 1024 deep
+    # SIGTERM (a bounded run's timeout, a kill by pid) still tears both agents down.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     fuzzer = Fuzzer(args.save, args.verbose)
     began = time.monotonic()
     try:
