@@ -6,6 +6,7 @@ The fuzzing itself is ``make fuzz-diff`` (long) and ``make fuzz-diff-replay`` (C
 """
 import json
 import os
+import random
 import select
 import shutil
 import subprocess
@@ -14,13 +15,11 @@ import time
 import unittest
 from unittest import mock
 
-from tests.fuzz_diff import guard
+from tests.fuzz_diff import guard, known
 from tests.fuzz_diff.agents import LineReader
-from tests.fuzz_diff.cases import Raw, encode, make_case, valid_arguments
+from tests.fuzz_diff.cases import Raw, make_case, valid_arguments
 from tests.support import connect_unix, make_config, qga_mini
 from tests.test_oracle_files import QEMU_GA
-
-import random
 
 GUARDED = sorted(guard.MACHINE_COMMANDS - {"guest-exec", "guest-file-open"})
 
@@ -96,6 +95,32 @@ class Guard(unittest.TestCase):
             self.assertIsNone(guard.refusal(data), case["what"])
             seen.update(guard.names_in(data))
         self.assertEqual(seen, set(guard.MACHINE_COMMANDS))   # every one is exercised
+
+
+class KnownDivergences(unittest.TestCase):
+    CASE = {"chunks": [b'{"execute":"guest-ping"}']}
+
+    def test_a_different_outcome_is_not_explained(self):
+        ok = ([("return", "'(no id)'", "")], "ok")
+        failed = ([("error", "GenericError", "Parameter 'x' is unexpected", "'(no id)'")], "ok")
+        self.assertIsNone(known.match(self.CASE, ok, failed))
+        self.assertIsNone(known.match(self.CASE, ok, ([], "dead")))
+        self.assertIsNone(known.match(self.CASE, ok, ([], "timeout")))
+        self.assertIsNone(known.match(self.CASE, ok, (ok[0] * 2, "ok")))
+
+    def test_each_entry_explains_what_it_says(self):
+        newer = ("error", "CommandNotFound", "The command guest-get-load has not been found",
+                 "1")
+        self.assertEqual(known.match(self.CASE, ([newer], "ok"), ([("return", "1", "")], "ok")),
+                         known.BY_NAME["newer-commands"])
+        theirs = ("return", "1", '[{"logical-id": 1}, {"logical-id": 0}]')
+        ours = ("return", "1", '[{"logical-id": 0}, {"logical-id": 1}]')
+        self.assertEqual(known.match(self.CASE, ([theirs], "ok"), ([ours], "ok")),
+                         known.BY_NAME["numeric-order"])
+        self.assertIsNone(known.match(self.CASE, ([theirs], "ok"),
+                                      ([("return", "1", '[{"logical-id": 0}]')], "ok")))
+        for entry in known.KNOWN:
+            self.assertIn(entry.area, ("README", "proto", "qemu-ga bug"))
 
 
 class Reader(unittest.TestCase):

@@ -3,7 +3,8 @@
 ``make_case(seed, index)`` is a pure function of its two numbers, so any input of any run can
 be made again.  A case is a dict: ``chunks`` (the writes, as bytes; HANDLE and PID stand for
 the setup's file handle and exec pid, different in each agent), ``needs`` (which setup it
-wants) and ``what`` (a one-line description).
+wants), ``what`` (a one-line description) and ``compare-return`` (a single request whose
+return value must be the same in both agents, see SAME_RETURN).
 
 Each input is one of:
 - a command with a valid argument set (derived from the schema, with values that are safe
@@ -97,6 +98,13 @@ SAFE_VALUES = {
     ("guest-ssh-get-authorized-keys", "username"): ["root", "nobody", "no-such-user"],
     ("guest-sync", "id"): [0, 7, 2 ** 40], ("guest-sync-delimited", "id"): [0, 7, 2 ** 40],
 }
+# Commands whose return value is the same in both agents here (same files, same machine, no
+# clock or counters in it): for a single such request the values are compared too.
+SAME_RETURN = ("guest-sync", "guest-sync-delimited", "guest-ping", "guest-file-read",
+               "guest-file-write", "guest-file-seek", "guest-file-flush", "guest-file-close",
+               "guest-fsfreeze-status", "guest-get-host-name", "guest-get-timezone",
+               "guest-get-osinfo", "guest-get-vcpus", "guest-get-memory-block-info",
+               "guest-get-memory-blocks", "guest-get-users", "guest-ssh-get-authorized-keys")
 HANDLE_COMMANDS = ("guest-file-close", "guest-file-read", "guest-file-write",
                    "guest-file-seek", "guest-file-flush")
 
@@ -269,9 +277,11 @@ def make_case(seed, index):
 
 
 def _draw_case(rng):
+    compare = False
     if rng.random() < 0.75:
         message, what, needs = make_message(rng)
         data = encode(message)
+        compare = isinstance(message, dict) and message.get("execute") in SAME_RETURN
     else:
         parts, whats, needs = [], [], []
         for _ in range(rng.randint(1, 4)):
@@ -286,4 +296,5 @@ def _draw_case(rng):
             data = data[:at] + b"\xff" + data[at:]
         what = "stream: " + " | ".join(whats)
     pieces = rng.choice((1, 1, 2, 3, 6))
-    return {"chunks": _cut(data, rng, pieces), "needs": needs, "what": what}
+    return {"chunks": _cut(data, rng, pieces), "needs": needs, "what": what,
+            "compare-return": compare}

@@ -11,6 +11,7 @@ Areas:
 - "README": a deliberate difference listed in README.md's differences table.
 - "qemu-ga bug": qemu-ga 7.2 misbehaves (crash, hang, nonsense); never copied.
 """
+import json
 import re
 from collections import namedtuple
 
@@ -53,6 +54,16 @@ def _token_cut_by_0xff(theirs, ours, i):
 
 def _ascii_only(text):
     return re.sub(r"[^\x01-\x7f]", "", text)
+
+
+def _same_when_sorted(theirs, ours):
+    """Two returned lists with the same items in another order."""
+    if theirs[0] != "return" or ours[0] != "return" or theirs[1] != ours[1] or not theirs[2]:
+        return False
+    a, b = json.loads(theirs[2]), json.loads(ours[2])
+    key = lambda item: json.dumps(item, sort_keys=True)     # noqa: E731
+    return isinstance(a, list) and isinstance(b, list) and sorted(a, key=key) == sorted(
+        b, key=key)
 
 
 def _capped(theirs, ours):
@@ -105,6 +116,10 @@ KNOWN = [
           "guest-ssh-*: an unknown user is 'No such user' (qemu-ga 7.2 says 'Success')",
           lambda a, b: _error(a, r"(?s)failed to lookup user '.*': Success\Z")
           and _error(b, r"(?s)failed to lookup user '.*': No such user\Z"), None, None),
+    Known("numeric-order", "README",
+          "guest-get-vcpus / memory blocks: qemu-ga lists sysfs in directory order, qga-mini "
+          "in numeric order",
+          _same_when_sorted, None, None),
     Known("unexpected-member-order", "README",
           "with several unexpected members qemu-ga names the first in its hash table's "
           "order, qga-mini the first in the request",

@@ -22,9 +22,10 @@ from tests.fuzz_diff.cases import HANDLE, PID, make_case
 from tests.fuzz_diff.guard import refusal
 
 
-def normalize(outcome):
+def normalize(outcome, compare_return=False):
     """What is compared of one agent's answer: each reply's kind, error class and text, the
-    id it carries, whether it came after a 0xFF; then how the exchange ended."""
+    id it carries (and with ``compare_return`` the value returned); then how the exchange
+    ended."""
     out = []
     for reply in outcome.replies():
         if "bad" in reply:
@@ -33,7 +34,8 @@ def normalize(outcome):
             out.append(("error", reply["error"]["class"], reply["error"]["desc"],
                         repr(reply.get("id", "(no id)"))))
         else:
-            out.append(("return", repr(reply.get("id", "(no id)"))))
+            value = json.dumps(reply["return"], sort_keys=True) if compare_return else ""
+            out.append(("return", repr(reply.get("id", "(no id)")), value))
     return out, outcome.end
 
 
@@ -133,7 +135,7 @@ class Fuzzer(object):
                 print("refused to send %s: %s" % (describe(case), why), flush=True)
                 return
         outcomes = self.pair.exchange(per_side)
-        theirs, ours = (normalize(outcome) for outcome in outcomes)
+        theirs, ours = (normalize(outcome, case.get("compare-return")) for outcome in outcomes)
         if theirs != ours:
             self.divergence(case, theirs, ours)
         else:
