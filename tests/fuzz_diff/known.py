@@ -20,9 +20,10 @@ Known = namedtuple("Known", "name area why pair rest whole")
 LIMIT_ERRORS = ("JSON nesting depth limit exceeded", "JSON token count limit exceeded",
                 "JSON token size limit exceeded")
 STRAY = r"(?s)JSON parse error, stray '.*'\Z"
+STRAY_STRING = r"(?s)JSON parse error, stray '[\"'].*'\Z"
 BAD_ESCAPE = r"(?s)JSON parse error, .* is not a valid Unicode character\Z"
 ERROR_TOKEN_ECHO = 64
-TOKEN_THEN_FF = r"JSON parse error, stray '[-0-9.eE+a-z]+\ufffd'\Z"
+TOKEN_THEN_FF = r"JSON parse error, stray '([-0-9.eE+a-z]+)\ufffd'\Z"
 NEWER_COMMANDS = re.compile(r"The command (guest-get-load|guest-network-get-route) has not "
                             r"been found\Z")
 UNEXPECTED = re.compile(r"(Parameter|QMP input member) '[^']*' is unexpected\Z")
@@ -44,12 +45,15 @@ def _huge_integer_kills(case, theirs, ours):
 
 
 def _token_cut_by_0xff(theirs, ours, i):
-    return (i < len(theirs) and i < len(ours) and ours[i][0] == "error"
-            and re.match(TOKEN_THEN_FF, ours[i][2]) is not None and theirs[i][0] == "error"
-            and (theirs[i][2] in ("JSON parse error, stray '\ufffd'",
-                                  "QMP input must be a JSON object",
-                                  "JSON parse error, expecting value")
-                 or theirs[i][2].startswith("JSON parse error, invalid keyword")))
+    if not (i < len(theirs) and i < len(ours) and ours[i][0] == theirs[i][0] == "error"):
+        return False
+    cut = re.match(TOKEN_THEN_FF, ours[i][2])
+    stray = re.match(r"JSON parse error, stray '(.+)'\Z", theirs[i][2])
+    return cut is not None and (
+        theirs[i][2] in ("JSON parse error, stray '\ufffd'", "QMP input must be a JSON object",
+                         "JSON parse error, expecting value")
+        or theirs[i][2].startswith("JSON parse error, invalid keyword")
+        or stray is not None and cut.group(1).startswith(stray.group(1)))   # '01' then 0xFF
 
 
 def _ascii_only(text):
@@ -93,9 +97,9 @@ KNOWN = [
           "and quotes the 0xFF alone; qga-mini quotes token and 0xFF as one stray token",
           None, _token_cut_by_0xff, None),
     Known("stray-text-of-invalid-utf8", "proto",
-          "a stray token holding invalid UTF-8: qemu-ga's text shows each bad sequence as "
-          "one U+FFFD (and C0 80 as NUL), qga-mini each bad byte",
-          lambda a, b: _error(a, STRAY) and _error(b, STRAY)
+          "a stray string token holding invalid UTF-8: qemu-ga's text shows each bad sequence "
+          "as one U+FFFD (and C0 80 as NUL), qga-mini each bad byte",
+          lambda a, b: _error(a, STRAY_STRING) and _error(b, STRAY_STRING)
           and _ascii_only(a[2]) == _ascii_only(b[2]), None, None),
     Known("bad-unicode-escape-text", "proto",
           "a bad \\u escape: qemu-ga's text quotes the rest of the token up to the next "
