@@ -73,6 +73,7 @@ MAX_MESSAGE_TOKENS = 2 << 20       # tokens of one request
 MAX_NESTING = 1024                 # open braces + brackets of one request
 READ_CHUNK = 65536                 # bytes per read(); qemu-ga uses 4096, more is fewer syscalls
 MAX_PENDING_OUTPUT = 1 << 20       # stop reading and answering while this much reply waits
+JOINED_REPLY_MAX = 65536           # replies shorter are joined: one chunk to queue and write
 ERROR_TOKEN_ECHO = 64              # bytes of a bad token quoted back in a lexer error
 
 # Channels.
@@ -276,6 +277,12 @@ CLIENT_BASE64_MEMBERS = ("buf-b64", "out-data", "err-data")   # what --decode de
 # Integer ranges of the QAPI types.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
+INT_TYPES = frozenset(("int", "int64", "int32", "int16", "int8"))     # read as an int64
+UINT_TYPES = frozenset(("uint64", "size", "uint32", "uint16", "uint8"))  # read as a uint64
+# The narrower ones, checked after the value was read as an int64 or a uint64.
+NARROW_INT_RANGES = {"int8": (-1 << 7, (1 << 7) - 1), "int16": (-1 << 15, (1 << 15) - 1),
+                     "int32": (-1 << 31, (1 << 31) - 1), "uint8": (0, (1 << 8) - 1),
+                     "uint16": (0, (1 << 16) - 1), "uint32": (0, (1 << 32) - 1)}
 
 # ==============================================================================================
 # Errors
@@ -452,6 +459,12 @@ class Host(object):
 # complete message is then parsed by the json module; only a message json rejects, or one
 # using qemu's extensions (single-quoted strings), goes through the slower parse_json_qemu()
 # below, which reproduces qemu's parse errors.
+#
+# The token walk is a Python step per token, so it is kept for where it is needed.  At a
+# message boundary the json module's own scanner reads the whole objects at the front of a
+# read (or of what follows a 0xFF, or the end of a message an earlier read began) one after
+# the other, and the walk takes over only at the first thing json cannot vouch for: a 0xFF,
+# a partial message, qemu's extensions, an error, a limit (leading_json_objects() below).
 
 _STRUCTURAL = b"{}[]:,"
 _SPACE = re.compile(rb"[ \t\r\n]*")
@@ -463,17 +476,34 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
 _LEADING_ZERO = re.compile(rb"-?0\Z")
 _RECOVERY_STOP = re.compile(rb"[\[\]{}:,\x00-\x08\x0a-\x1f\xfe\xff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SPACE_TEXT = re.compile(r"[ \t\r\n]*")
+# Characters that the json module reads differently from qemu: surrogate escapes (qemu pairs
+# them itself, with its own errors) and Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE,
+# U+xFFFF), which qemu refuses whether escaped or raw.  A message with any goes to
+# parse_json_qemu(); a "\\\\ud800" in JSON text (an escaped backslash) only costs the slower
+# parser.
+_JSON_MODULE_DIFFERS = re.compile(
+    rb"\\u(?:[dD][89a-fA-F]|[fF][dD][dDeE]|[fF]{3}[eEfF])"
+    rb"|\xef(?:\xb7[\x90-\xaf]|\xbf[\xbe\xbf])|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+_NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
+    chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)))
 
 # Framer states.
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
 
 
-def _find_resync(data):
-    """Where the first 0xFF or 0xFE byte of ``data`` is, or -1.  Two memchr() scans: a
-    regular expression would cost ~50x more on a megabytes-long base64 string."""
+def _resync_points(data):
+    """The positions of the 0xFF and 0xFE bytes of ``data``, in order.  memchr() scans that
+    pass each byte once: a regular expression would cost ~50x more on a megabytes-long
+    base64 string, and rescanning the rest after each marker is quadratic."""
     ff, fe = data.find(b"\xff"), data.find(b"\xfe")
-    return fe if ff < 0 else ff if fe < 0 else min(ff, fe)
+    while ff >= 0 or fe >= 0:
+        if fe < 0 or 0 <= ff < fe:
+            yield ff
+            ff = data.find(b"\xff", ff + 1)
+        else:
+            yield fe
+            fe = data.find(b"\xfe", fe + 1)
 
 
 def _quote_token(raw):
@@ -488,10 +518,11 @@ class Framer(object):
     """Bytes in, messages out.
 
     ``feed(data)`` returns a list of events: ``(raw_message_bytes, uses_extensions)`` for
-    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  A
-    read that is exactly one request (the usual case) comes back already parsed, as a dict.
-    Unlike qemu-ga, a message over a limit is skipped to its end (its structure is followed
-    without storing it), so one error is answered and the next request works.
+    every complete message, or a ``QgaError`` for every lexer error and exceeded limit.  The
+    objects that leading_json_objects() reads (the usual requests) come back already parsed,
+    as dicts.  Unlike qemu-ga, a message over a limit is skipped to its end (its structure is
+    followed without storing it), so one error is answered and the next request works.  Should
+    the framer itself fail (a bug), it starts afresh and the exception is the last event.
     """
 
     def __init__(self):
@@ -514,18 +545,18 @@ class Framer(object):
     # -- public ---------------------------------------------------------------------------------
 
     def feed(self, data):
-        if (self.state == _BETWEEN and not self.tokens and not self.buf
-                and len(data) <= READ_CHUNK):
-            request = whole_json_object(data)       # the usual read: exactly one request
-            if request is not None:
-                return [request]
         events = []
-        while data:
-            marker = _find_resync(data)
-            if marker < 0:
-                self._scan(data, events)
-                break
-            self._scan(data[:marker], events)
+        try:
+            self._feed(data, events)
+        except Exception as exc:        # a bug here must not wedge the stream: start afresh
+            self.reset()
+            events.append(exc)
+        return events
+
+    def _feed(self, data, events):
+        start = 0
+        for marker in _resync_points(data):
+            self._feed_segment(data[start:marker], events)
             partial = b""
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
@@ -533,11 +564,31 @@ class Framer(object):
                 events.append(self._lexer_error(partial + b"\xff"))
             self.reset()
             self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
-            data = data[marker + 1:]
+            start = marker + 1
+        self._feed_segment(data[start:] if start else data, events)
         self._compact()
-        return events
 
     # -- scanning -------------------------------------------------------------------------------
+
+    def _feed_segment(self, data, events):
+        """Bytes holding no 0xFF or 0xFE: the token walk finishes the message (or recovery) an
+        earlier read left open, the json module reads the whole objects that follow, and the
+        walk takes what json leaves, to the segment's end: json looks at each segment once at
+        most, so even a read of garbage costs linear time."""
+        if self.state == _RECOVERY and not self.buf:
+            stop = _RECOVERY_STOP.search(data)
+            if stop is None:
+                return
+            data = data[stop.start():]
+            self.state = _BETWEEN
+        if self.state != _BETWEEN or self.tokens:
+            data = self._scan(data, events, until_boundary=True)
+        if data and len(data) <= MAX_MESSAGE_TOKENS:   # so no message in it is over a limit
+            taken = leading_json_objects(data, events)
+            if taken:
+                data = data[taken:]
+        if data:
+            self._scan(data, events)
 
     def _compact(self):
         """Drop consumed bytes; while discarding, keep nothing but a number or keyword."""
@@ -551,13 +602,19 @@ class Framer(object):
             self.start -= keep
             self.token_start -= keep
 
-    def _scan(self, data, events):
+    def _scan(self, data, events, until_boundary=False):
+        """Walk ``data`` token by token; with ``until_boundary``, stop where the open message
+        ends and return the bytes not walked (else b"")."""
         buf = self.buf
         buf += data
         end = len(buf)
         while self.pos < end:
             state = self.state
             if state == _BETWEEN:
+                if until_boundary and not self.tokens:
+                    rest = bytes(buf[self.pos:])
+                    del buf[self.pos:]
+                    return rest
                 pos = _SPACE.match(buf, self.pos).end()
                 if pos == end:
                     self.pos = pos
@@ -620,6 +677,7 @@ class Framer(object):
                     break
                 self.pos = self.start = stop.start()
                 self.state = _BETWEEN
+        return b""
 
     def _scan_string(self, events, end):
         """Advance through a string token; False when more input is needed."""
@@ -713,9 +771,16 @@ def _no_duplicate_keys(pairs):
 
 
 def _qemu_int(text):
-    """qemu reads integers as int64, else uint64, else double."""
-    value = int(text)
-    return value if INT64_MIN <= value <= UINT64_MAX else float(text)
+    """An integer token as qemu's parser reads it: int64, else (not negative) uint64, else the
+    double strtod() makes of it (inf beyond the doubles).  The token's length is looked at
+    first, so int() never sees thousands of digits (3.11+ refuses them; it is quadratic)."""
+    if len(text) < 19:                      # at most 18 digits: always an int64
+        return int(text)
+    if len(text) <= 20:                     # "-" and 19 digits, or 20 digits
+        value = int(text)
+        if INT64_MIN <= value <= UINT64_MAX:
+            return value
+    return float(text)
 
 
 def _no_constants(name):
@@ -724,29 +789,50 @@ def _no_constants(name):
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_int=_qemu_int,
                             parse_constant=_no_constants)
+_SCAN_JSON_VALUE = _DECODER.scan_once       # (text, index) -> (value, end); the C scanner
 
 
-def whole_json_object(data):
-    """The dict ``data`` holds when it is exactly one JSON object, else None.
+def leading_json_objects(data, events):
+    """Read the whole JSON objects at the front of ``data`` with the json module's C scanner,
+    one after the other, appending each (a dict) to ``events``; return how many bytes they
+    and the whitespace around them take.
 
     Standard JSON that the json module accepts is read the same way by qemu's lexer and
-    parser, so for it the token-by-token scan can be skipped; anything else (several
-    messages, a partial one, qemu's extensions, an error) goes through the framer.
+    parser, and a message that json reads whole ends where qemu's framer would end it, so
+    these need no token walk.  It stops at the first thing it cannot vouch for, and the
+    framer's walk takes it from there: anything but an object, bytes that are not UTF-8 (0xFF
+    and 0xFE among them), _JSON_MODULE_DIFFERS, a partial message, an error or one of qemu's
+    extensions (json refuses both), nesting over MAX_NESTING.  The caller keeps ``data`` under
+    the token and size limits, so no message in it can be over them.
     """
-    text = data.strip(b" \t\r\n")
-    if (text[:1] != b"{" or text[-1:] != b"}" or _SURROGATE_ESCAPE.search(text)
-            or text.count(b"{") + text.count(b"[") > MAX_NESTING):
-        return None
+    start = _SPACE.match(data).end()
+    if data[start:start + 1] != b"{":
+        return start
+    differs = _JSON_MODULE_DIFFERS.search(data, start)
+    end = differs.start() if differs else len(data)
     try:
-        value = _DECODER.decode(text.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+        text = data[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = data[start:start + exc.start].decode("utf-8")
+    pos = 0
+    while text[pos:pos + 1] == "{":
+        try:
+            value, after = _SCAN_JSON_VALUE(text, pos)
+        except (StopIteration, ValueError, RecursionError):
+            break
+        if (after - pos > MAX_NESTING
+                and text.count("{", pos, after) + text.count("[", pos, after) > MAX_NESTING):
+            break
+        events.append(value)
+        pos = after if text.startswith("{", after) else _SPACE_TEXT.match(text, after).end()
+    if pos == len(text) and end - start == pos:     # all of it, and only ASCII
+        return end
+    return start + len(text[:pos].encode("utf-8"))
 
 
 def parse_message(raw, uses_extensions=False):
     """The value of one framed message; JsonError with qemu's wording if it is not JSON."""
-    if not uses_extensions and not _SURROGATE_ESCAPE.search(raw):
+    if not uses_extensions and not _JSON_MODULE_DIFFERS.search(raw):
         try:
             return _DECODER.decode(raw.decode("utf-8"))
         except (ValueError, RecursionError):
@@ -770,15 +856,19 @@ def _unescape(match):
     esc = match.group(1)
     if len(esc) == 11:                                      # a surrogate pair
         high, low = int(esc[1:5], 16), int(esc[7:11], 16)
-        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-    if esc[0] != "u":
+        char = chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    elif esc[0] != "u":
         if esc not in _ESCAPES:
             raise JsonError("invalid escape sequence in string")
         return _ESCAPES[esc]
-    if len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
+    elif len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
             or 0xD800 <= int(esc[1:], 16) < 0xE000:
+        char = None
+    else:
+        char = chr(int(esc[1:], 16))
+    if char is None or _NONCHARACTER.match(char):
         raise JsonError("\\%s is not a valid Unicode character" % esc)
-    return chr(int(esc[1:], 16))
+    return char
 
 
 def _string_value(raw):
@@ -786,6 +876,8 @@ def _string_value(raw):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or _NONCHARACTER.search(text):          # qemu refuses those as well
         raise JsonError("invalid UTF-8 sequence in string")
     return _ESCAPE.sub(_unescape, text) if "\\" in text else text
 
@@ -900,14 +992,16 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
-def _has_float(value):
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
-    return False
+_DOUBLE_TOKEN = re.compile(r"[.IN]|[0-9]e")
+
+
+def _has_double(text):
+    """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
+    only punctuation, true, false, null and numbers, and only a double's repr has a '.', an
+    'e' after a digit, or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")     # no quote left is escaped
+    return _DOUBLE_TOKEN.search("".join(text.split('"')[::2])) is not None
 
 
 def _encode_qemu(value):
@@ -947,8 +1041,14 @@ def encode_reply(reply):
     """
     if reply == _EMPTY_RETURN:
         return [_EMPTY_RETURN_LINE]         # guest-ping, guest-file-close, ... : most replies
-    spliced = []
     ret = reply.get("return")
+    if type(ret) is int:                    # guest-sync, guest-file-open, ...: print them
+        if len(reply) == 1:
+            return [b'{"return": %d}\n' % ret]
+        ident = reply.get("id")
+        if type(ident) is int and len(reply) == 2 and next(iter(reply)) == "return":
+            return [b'{"return": %d, "id": %d}\n' % (ret, ident)]
+    spliced = []
     if isinstance(ret, dict):
         for key, value in ret.items():
             if isinstance(value, (bytes, bytearray)):
@@ -957,7 +1057,9 @@ def encode_reply(reply):
             marked = OrderedDict((key, _SPLICE_MARK if isinstance(value, (bytes, bytearray))
                                   else value) for key, value in ret.items())
             reply = dict(reply, **{"return": marked})
-    text = _ENCODER.encode(reply) if not _has_float(reply) else "".join(_encode_qemu(reply))
+    text = _ENCODER.encode(reply)
+    if _has_double(text):
+        text = "".join(_encode_qemu(reply))
     if "\\u" in text:
         text = _LOWER_ESCAPE.sub(_upper_escape, text)
     if "\x7f" in text:
@@ -970,6 +1072,24 @@ def encode_reply(reply):
         chunks += [payload, ('"' + piece + '"').encode("ascii")]
     chunks += [spliced[-1], ('"' + pieces[-1] + "\n").encode("ascii")]
     return chunks
+
+
+def encode_error(error, request=None):
+    """The reply chunks for a QgaError; the request's id comes first, as in qemu."""
+    reply = {"error": {"class": error.cls, "desc": error.desc}}
+    if isinstance(request, dict) and "id" in request:
+        reply = {"id": request["id"], "error": reply["error"]}
+    return encode_reply(reply)
+
+
+def last_resort_error_line(desc, request=None):
+    """An error reply line made with the json module alone, for when encode_reply() fails."""
+    body = '"error": {"class": "%s", "desc": %s}' % (GENERIC_ERROR, json.dumps(desc))
+    try:
+        body = '"id": %s, %s' % (json.dumps(request["id"]), body)
+    except Exception:                       # no request, no id, or an id json cannot write
+        pass
+    return ("{%s}\n" % body).encode("ascii")
 
 
 # ==============================================================================================
@@ -1045,6 +1165,16 @@ def _type_error(path, expected):
     return QgaError("Invalid parameter type for '%s', expected: %s" % (path, expected))
 
 
+def _check_narrow_int(value, typ, path):
+    """qemu's visit_type_intN/uintN range check: its error names the bare member ("null" for
+    a list element), not the path."""
+    low, high = NARROW_INT_RANGES[typ]
+    if not low <= value <= high:
+        name = "null" if path.endswith("]") else path.rpartition(".")[2]
+        raise QgaError("Parameter '%s' expects %s_t" % (name, typ))
+    return value
+
+
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean"}
 
 
@@ -1054,14 +1184,18 @@ def check_value(value, typ, path):
         if not isinstance(value, list):
             raise _type_error(path, "array")
         return [check_value(v, typ[0], "%s[%d]" % (path, i)) for i, v in enumerate(value)]
-    if typ == "int":
+    # Integers as qemu's QObject input visitor reads them: the parser made every integer
+    # token an int64 or a uint64 (else a double), "int" types take an int64 only, "uint"
+    # types and "size" take both (a negative int64 wraps), then the narrow ones check ranges.
+    if typ in INT_TYPES:
         if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
             raise _type_error(path, "integer")
-        return value
-    if typ in ("uint64", "uint32", "uint16", "uint8"):
+        return _check_narrow_int(value, typ, path) if typ in NARROW_INT_RANGES else value
+    if typ in UINT_TYPES:
         if type(value) is not int or not INT64_MIN <= value <= UINT64_MAX:
-            raise QgaError("Parameter '%s' expects %s" % (path, typ))
-        return value & UINT64_MAX             # negative values wrap, as in qemu
+            raise QgaError("Parameter '%s' expects uint64" % path)
+        value &= UINT64_MAX
+        return _check_narrow_int(value, typ, path) if typ in NARROW_INT_RANGES else value
     if typ == "number":
         if type(value) not in (int, float):
             raise _type_error(path, "number")
@@ -1093,16 +1227,16 @@ def check_value(value, typ, path):
 
 def check_members(obj, members, prefix=""):
     """An object's members checked against a QAPI ``data`` dict, in schema order."""
-    checked = OrderedDict()
+    checked = {}
     for spec, typ in members.items():
         name = spec.lstrip("*")
         if name in obj:
             checked[name] = check_value(obj[name], typ, prefix + name)
         elif not spec.startswith("*"):
             raise QgaError("Parameter '%s' is missing" % (prefix + name))
-    for name in obj:
-        if name not in checked:
-            raise QgaError("Parameter '%s' is unexpected" % (prefix + name))
+    if len(checked) != len(obj):
+        name = next(name for name in obj if name not in checked)
+        raise QgaError("Parameter '%s' is unexpected" % (prefix + name))
     return checked
 
 
@@ -1323,8 +1457,10 @@ class Agent(object):
     # -- dispatch -------------------------------------------------------------------------------
 
     def dispatch(self, request):
-        """The reply to one parsed request as byte chunks, or [] when there is none."""
-        has_id = isinstance(request, dict) and "id" in request
+        """The reply to one parsed request as byte chunks, or [] when there is none.
+
+        A QgaError is answered here; any other exception (a bug) goes up to reply_to().
+        """
         try:
             if not isinstance(request, dict):
                 raise QgaError("QMP input must be a JSON object")
@@ -1335,29 +1471,29 @@ class Agent(object):
             reason = self.disabled_reason(name)
             if reason:
                 raise QgaError(reason, COMMAND_NOT_FOUND)
-            kwargs = check_members(arguments, cmd.data)
-            result = cmd.func(self, **{k.replace("-", "_"): v for k, v in kwargs.items()})
-            if not cmd.success_response:
-                return []
-            reply = {"return": {} if result is None else result}
-        except QgaError as exc:
-            reply = {"error": {"class": exc.cls, "desc": exc.desc}}
-        except Exception as exc:        # a bug in a command must not take the agent down
-            self.log.error("internal error: %r" % (exc,))
-            reply = {"error": {"class": GENERIC_ERROR, "desc": "internal error: %s" % (exc,)}}
-        if has_id:
-            if "error" in reply:
-                reply = {"id": request["id"], "error": reply["error"]}   # qemu's key order
+            kwargs = check_members(arguments, cmd.data) if arguments or cmd.data else None
+            if kwargs:
+                result = cmd.func(self, **{k.replace("-", "_"): v for k, v in kwargs.items()})
             else:
-                reply["id"] = request["id"]
+                result = cmd.func(self)
+        except QgaError as exc:
+            self.reply_prefix = b""
+            return encode_error(exc, request)
         prefix, self.reply_prefix = self.reply_prefix, b""
+        if not cmd.success_response:
+            return []
+        reply = {"return": {} if result is None else result}
+        if "id" in request:
+            reply["id"] = request["id"]
         chunks = encode_reply(reply)
-        if prefix and "return" in reply:
-            chunks.insert(0, prefix)
-        return chunks
+        return [prefix] + chunks if prefix else chunks
 
     @staticmethod
     def _check_request(request):
+        name, arguments = request.get("execute"), request.get("arguments", {})
+        if (type(name) is str and type(arguments) is dict
+                and len(request) == 1 + ("arguments" in request) + ("id" in request)):
+            return name, arguments              # the usual request: nothing to complain of
         name, arguments = None, {}
         for key, value in request.items():
             if key == "execute":
@@ -1384,27 +1520,50 @@ class Agent(object):
         With ``limit``, it stops once the replies reach ``limit`` bytes and leaves the rest
         in ``events``: one read can hold hundreds of requests for 64 MiB replies.
         """
-        out, size = [], 0
+        out, lines, size = [], [], 0
         while events and (limit is None or size < limit):
-            event, error = events.popleft(), None
-            if isinstance(event, QgaError):
-                error = event
-            elif isinstance(event, dict):
-                request = event                 # the framer parsed it already
-            else:
-                try:
-                    request = parse_message(*event)
-                except JsonError as exc:
-                    error = QgaError("JSON parse error, %s" % exc)
-                event = None                    # a message's bytes die with its parsing
-            if error is None:
-                chunks = self.dispatch(request)
-                request = None
-            else:
-                chunks = encode_reply({"error": {"class": error.cls, "desc": error.desc}})
-            out.extend(chunks)
-            size += sum(len(chunk) for chunk in chunks)
+            chunks = self.reply_to(events.popleft())
+            if len(chunks) == 1 and len(chunks[0]) < JOINED_REPLY_MAX:
+                lines.append(chunks[0])
+                size += len(chunks[0])
+                continue
+            if lines:
+                out.append(b"".join(lines))
+                lines = []
+            out += chunks
+            size += sum(map(len, chunks))
+        if lines:
+            out.append(b"".join(lines))
         return out
+
+    def reply_to(self, event):
+        """The reply chunks for one framer event: the one boundary around a message's life.
+
+        Whatever fails on the way (the framer, parsing, checking, the command, encoding) is
+        one GenericError reply, with the request's id when it is known, logged once; the agent
+        goes on serving the same connection.
+        """
+        request = None
+        try:
+            if type(event) is not dict:             # not parsed by the framer already
+                if isinstance(event, QgaError):
+                    return encode_error(event)
+                if isinstance(event, Exception):
+                    raise event                     # the framer failed (and started afresh)
+                try:
+                    event = parse_message(*event)   # the message's bytes die with its parsing
+                except JsonError as exc:
+                    return encode_error(QgaError("JSON parse error, %s" % exc))
+            request, event = event, None
+            return self.dispatch(request)
+        except Exception as exc:
+            self.reply_prefix = b""
+            self.log.error("internal error: %r" % (exc,))
+            error = QgaError("internal error: %s" % (exc,))
+            try:
+                return encode_error(error, request)
+            except Exception:                       # the encoder itself failed
+                return [last_resort_error_line(error.desc, request)]
 
 
 # -- Helper programs: the one way the agent runs a child to its end ---------------------------

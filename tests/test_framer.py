@@ -1,5 +1,6 @@
 """The framer and the JSON parser: bytes in, messages and qemu's errors out."""
 import json
+import sys
 import unittest
 
 from tests.support import qga_mini
@@ -126,11 +127,21 @@ class ParseErrors(unittest.TestCase):
         (b'{]', "expecting value"),
         (b']', "expecting value"),
         (b'{"a":[1,2,]}', "expecting value"),
+        (b'{"a":"\\ufffe"}', "\\ufffe is not a valid Unicode character"),
+        (b'{"a":"\\uFDEF"}', "\\uFDEF is not a valid Unicode character"),
+        (b'{"a":"\\ud83f\\udfff"}', "\\ud83f\\udfff is not a valid Unicode character"),
+        (b'{"a":"\xef\xbf\xbf"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\xef\xb7\x90"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\xf3\xbf\xbf\xbe"}', "invalid UTF-8 sequence in string"),
     ]
 
     def test_texts(self):
         for data, text in self.CASES:
             self.assertEqual(run(data), ["JSON parse error, " + text], data)
+
+    def test_characters_next_to_the_noncharacters_are_fine(self):
+        self.assertEqual(run(b'{"a": "\\ufdcf\\ufdf0\\ufffd\xf3\xbf\xbf\xbd\\ud83f\\udffd"}'),
+                         [{"a": "\ufdcf\ufdf0\ufffd\U000FFFFD\U0001FFFD"}])
 
     def test_qemu_extensions(self):
         self.assertEqual(run(b"{'a': 'x\"y\\''}"), [{"a": "x\"y'"}])
@@ -162,6 +173,11 @@ class Limits(unittest.TestCase):
     def test_token_count(self):
         big = b"[" + b"1," * (2 << 20) + b"1]"
         self.assertEqual(run(big, PING),
+                         ["JSON token count limit exceeded", {"execute": "guest-ping"}])
+
+    def test_token_count_of_an_object_read_whole(self):
+        big = b'{"a":[' + b"1," * (2 << 20) + b"1]}"
+        self.assertEqual(run(big + PING),
                          ["JSON token count limit exceeded", {"execute": "guest-ping"}])
 
     def test_size_limit_then_clean_recovery(self):
@@ -196,11 +212,155 @@ class Encoder(unittest.TestCase):
         self.assertEqual(self.line({"return": [0.1, 1e5, float("inf"), 1.5]}),
                          b'{"return": [0.10000000000000001, 100000, inf, 1.5]}\n')
 
+    def test_doubles_are_found_however_strings_look(self):
+        # Strings that look like numbers, escaped quotes and backslashes: never a double.
+        for value in ["1.5", 'a"1.5"', "\\", '\\"', "x\\\"1e5\"", "Infinity", "NaN",
+                      {"1.5": "2e3"}, ["t\"rue", 1, True, None, False, -7]]:
+            self.assertEqual(self.line({"return": value, "id": "\\\"."}),
+                             json.dumps({"return": value, "id": "\\\"."}).encode() + b"\n")
+        # A double anywhere is printed as qemu prints it.
+        for value, text in [(1e16, b"10000000000000000"), (-0.0, b"-0"), (2.5, b"2.5"),
+                            (float("-inf"), b"-inf"), (1e-7, b"9.9999999999999995e-08")]:
+            self.assertEqual(self.line({"return": {"s": 'x"\\', "v": [value]}}),
+                             b'{"return": {"s": "x\\"\\\\", "v": [' + text + b"]}}\n")
+
+    def test_integer_replies_are_printed_directly(self):
+        self.assertEqual(self.line({"return": 5}), b'{"return": 5}\n')
+        self.assertEqual(self.line({"return": -(1 << 63), "id": (1 << 64) - 1}),
+                         b'{"return": -9223372036854775808, "id": 18446744073709551615}\n')
+        self.assertEqual(self.line({"return": 5, "id": 1.0}), b'{"return": 5, "id": 1}\n')
+        self.assertEqual(self.line({"return": True, "id": False}),
+                         b'{"return": true, "id": false}\n')
+        self.assertEqual(self.line({"id": 2, "return": 5}), b'{"id": 2, "return": 5}\n')
+
     def test_bytes_payload_is_spliced(self):
         chunks = qga_mini.encode_reply({"return": {"count": 3, "buf-b64": b"YWJj", "eof": True}})
         self.assertEqual(json.loads(b"".join(chunks)),
                          {"return": {"count": 3, "buf-b64": "YWJj", "eof": True}})
         self.assertTrue(any(c == b"YWJj" for c in chunks))
+
+
+
+class Numbers(unittest.TestCase):
+    """Integer tokens as qemu's parser reads them: int64, else uint64, else strtod()."""
+
+    CASES = [
+        (b"9223372036854775807", (1 << 63) - 1), (b"9223372036854775808", 1 << 63),
+        (b"18446744073709551615", (1 << 64) - 1), (b"18446744073709551616", float(1 << 64)),
+        (b"-9223372036854775808", -(1 << 63)), (b"-9223372036854775809", -float(1 << 63)),
+        (b"-0", 0), (b"-0.0", -0.0), (b"1e308", 1e308), (b"1e309", float("inf")),
+        (b"-1e309", float("-inf")), (b"9" * 5000, float("inf")), (b"-" + b"9" * 5000,
+                                                                 float("-inf")),
+        (b"1" + b"0" * 300, 1e300), (b"12345678901234567890123", 1.2345678901234568e22),
+    ]
+
+    def parsed(self, token):
+        """The number as the json path, the exact parser and the framer each read it."""
+        message = b'{"n": ' + token + b"}"
+        values = [qga_mini.parse_message(message)["n"],
+                  qga_mini.parse_json_qemu(message)["n"],
+                  qga_mini.parse_message(b"{'n': " + token + b"}", True)["n"],
+                  run(message + message)[1]["n"]]
+        for value in values[1:]:
+            self.assertEqual((type(value), repr(value)), (type(values[0]), repr(values[0])),
+                             token[:40])
+        return values[0]
+
+    def test_every_path_reads_qemus_value(self):
+        for token, expected in self.CASES:
+            value = self.parsed(token)
+            self.assertEqual((type(value), repr(value)), (type(expected), repr(expected)),
+                             token[:40])
+
+    def test_no_digit_limit_is_ever_hit(self):
+        # 3.11+ refuses int() of more than sys.get_int_max_str_digits() digits: a token that
+        # long must never reach int(), whatever the limit is set to.
+        setter = getattr(sys, "set_int_max_str_digits", None)
+        if setter is None:
+            self.skipTest("this Python has no integer digit limit")
+        old = sys.get_int_max_str_digits()
+        self.addCleanup(setter, old)
+        setter(640)
+        for digits in (641, 4301, 100000):
+            self.assertEqual(self.parsed(b"7" * digits), float("inf"))
+        self.assertEqual(self.parsed(b"7" * 300), float("7" * 300))
+
+
+class ManyMessagesPerRead(unittest.TestCase):
+    """Whole objects at a message boundary are read by the json module, with no token walk;
+    the walk takes over where json cannot vouch for the bytes, with the same events."""
+
+    def walked(self, *chunks):
+        """(events, how many tokens the walk went through) for chunks fed to one framer."""
+        framer, tokens = Framer(), []
+        token_done = framer._token_done
+
+        def counting_token_done(events):
+            tokens.append(framer.pos)
+            token_done(events)
+        framer._token_done = counting_token_done
+        events = []
+        for chunk in chunks:
+            events += framer.feed(chunk)
+        events = [e if isinstance(e, dict) else qga_mini.parse_message(*e) for e in events]
+        return events, len(tokens)
+
+    def test_a_read_of_whole_requests_is_never_walked(self):
+        data = b"".join(b'{"execute":"guest-sync","arguments":{"id":%d}}\n' % i
+                        for i in range(5000))
+        events, tokens = self.walked(data)
+        self.assertEqual(tokens, 0)
+        self.assertEqual([e["arguments"]["id"] for e in events], list(range(5000)))
+
+    def test_a_partial_request_is_walked_only_to_its_end(self):
+        one = b'{"execute":"guest-sync","arguments":{"id":1234567}}'     # 13 tokens
+        data = one * 300
+        cut = len(data) // 2 + 7
+        events, tokens = self.walked(data[:cut], data[cut:])
+        self.assertEqual([e["arguments"]["id"] for e in events], [1234567] * 300)
+        self.assertEqual(tokens, 13)
+
+    def test_every_fallback_gives_the_events_of_the_exact_framer(self):
+        # As deep as the agent lets the json module go (it raises the recursion limit).
+        self.addCleanup(sys.setrecursionlimit, sys.getrecursionlimit())
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * qga_mini.MAX_NESTING))
+        ping = b'{"execute":"guest-ping"}'
+        middles = [b"\xff", b"\xfe", b"{'execute':'guest-ping'}", b'{"a":01}', b"]", b"[1]",
+                   b'"x"', b"42 ", b"nul", b'{"a":"\\ufffe"}', b'{"a":"\xef\xbf\xbe"}',
+                   b'{"a":"\\ud83d\\ude00"}', b'{"a":"\xc3\xa9"}', b'{"a":"\xc3"}',
+                   b'{"a":"\xc0\x80"}', b'{"a":1,"a":2}', b'{"a":NaN}',
+                   b'{"a":' + b"[" * 1100 + b"]" * 1100 + b"}",
+                   b'{"a":' + b"[" * 500 + b"]" * 500 + b',"b":' + b"[" * 600 + b"]" * 600 + b"}",
+                   b"\x00", b'{"a":"\t"}']
+        for middle in middles:
+            data = ping + b"\n" + middle + ping + b' {"execute":"guest-ping","id":"\xc3\xa9"}'
+            exact = run(*[data[i:i + 1] for i in range(len(data))])
+            self.assertEqual(run(data), exact, middle)
+            for cut in range(1, len(data), 7):
+                self.assertEqual(run(data[:cut], data[cut:]), exact, (middle, cut))
+
+    def test_a_character_split_between_reads(self):
+        data = b'{"execute":"guest-ping","id":"\xc3\xa9"}' * 3
+        for cut in range(len(data)):
+            self.assertEqual(run(data[:cut], data[cut:]),
+                             [{"execute": "guest-ping", "id": "\u00e9"}] * 3, cut)
+        data = PING + b"\xc3\xa9" + PING + b"\xc3"
+        exact = run(*[data[i:i + 1] for i in range(len(data))])
+        self.assertEqual(exact[1], "JSON parse error, stray '\ufffd'")
+        for cut in range(len(data)):
+            self.assertEqual(run(data[:cut], data[cut:]), exact, cut)
+
+
+class FramerFailure(unittest.TestCase):
+    def test_a_failing_framer_starts_afresh_and_says_so(self):
+        framer = Framer()
+        self.assertEqual(len(framer.feed(b'{"execute":"guest-sync","arguments":')), 0)
+        framer._scan = None                                         # calling it raises
+        events = framer.feed(b'{"id":1}}' + PING)
+        self.assertEqual(len(events), 1)
+        self.assertIsInstance(events[0], TypeError)
+        del framer._scan
+        self.assertEqual(framer.feed(PING), [{"execute": "guest-ping"}])
 
 
 if __name__ == "__main__":

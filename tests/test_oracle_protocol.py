@@ -14,6 +14,23 @@ from tests.test_oracle_files import QEMU_GA, RawAgent
 from tests.support import AGENT, PYTHON
 
 PING = b'{"execute":"guest-ping"}'
+HUGE = b"9" * 5000
+# Integer tokens at the edges of qemu's int64 / uint64 / double reading, and past them.
+EDGE_NUMBERS = [b"9223372036854775807", b"9223372036854775808", b"18446744073709551615",
+                b"18446744073709551616", b"18446744073709551617", b"-9223372036854775808",
+                b"-9223372036854775809", b"1e308", b"1e309", b"-1e309", b"-0", b"-0.0",
+                HUGE, b"-" + HUGE, b"1" + b"0" * 400]
+# Those that no int64 argument takes: commands that change the machine get only these.
+NOT_INT64 = [n for n in EDGE_NUMBERS if n not in (b"9223372036854775807",
+                                                   b"-9223372036854775808", b"-0")]
+
+
+def argument_cases(command, template, values):
+    """One case per value: the command with the value put into its arguments."""
+    return [b'{"execute":"%s","arguments":%s}' % (command.encode(), template % value)
+            for value in values]
+
+
 CASES = [
     PING,
     b'{"execute":"guest-ping","id":1.5}{"execute":"guest-ping","id":null}'
@@ -63,6 +80,30 @@ CASES = [
     b'{"execute":"guest-ping","arguments":{"x":null}}',
     b'{"execute":"guest-ping","id":' + b"[" * 1023 + b"]" * 1023 + b"}",
     b'\xfe', b'\xff\xff',
+    # Numbers: in the id, in an argument, in a message with qemu's extensions, in a pipeline.
+    b"".join(b'{"execute":"guest-ping","id":%s}' % n for n in EDGE_NUMBERS),
+    b"".join(b'{"execute":"guest-ping","id":[%s,{"n":%s}]}\n' % (n, n) for n in EDGE_NUMBERS),
+    b"".join(b"{'execute':'guest-ping','id':%s}" % n for n in EDGE_NUMBERS),
+    b"".join(b'{"execute":"guest-sync","arguments":{"id":%s}}' % n for n in EDGE_NUMBERS),
+    b"".join(b"{'execute':'guest-sync-delimited','arguments':{'id':%s}}" % n
+             for n in EDGE_NUMBERS),
+    b'{"execute":"guest-ping","id":1' + b"0" * 20000 + b'.5e-20001}',
+    b'{"execute":"guest-ping","id":[' + b",".join([HUGE] * 100) + b"]}",
+] + argument_cases("guest-file-read", b'{"handle":1,"count":%s}', EDGE_NUMBERS) + \
+    argument_cases("guest-exec-status", b'{"pid":%s}', EDGE_NUMBERS) + \
+    argument_cases("guest-set-time", b'{"time":%s}', NOT_INT64) + \
+    argument_cases("guest-file-seek", b'{"handle":1,"offset":%s,"whence":"set"}', EDGE_NUMBERS) + \
+    argument_cases("guest-file-seek", b'{"handle":1,"offset":0,"whence":%s}', EDGE_NUMBERS) + \
+    argument_cases("guest-fstrim", b'{"minimum":%s}', NOT_INT64) + \
+    argument_cases("guest-set-memory-blocks", b'{"mem-blks":[{"phys-index":%s,"online":true}]}',
+                   [b"-1", b"18446744073709551615", b"18446744073709551616", b"1.0", b"1e309",
+                    b"-0.0", HUGE, b"-9223372036854775809"]) + [
+    # Unicode noncharacters: qemu refuses them, escaped or raw.
+    b'{"execute":"guest-ping","id":"\\ufffe"}', b'{"execute":"guest-ping","id":"\\uFDD0"}',
+    b'{"execute":"guest-ping","id":"\\udbff\\udfff"}', b'{"execute":"guest-ping","id":"\xef\xbf\xbf"}',
+    b'{"execute":"guest-ping","id":"\xef\xb7\xaf"}' + PING,
+    PING + b'{"execute":"guest-ping","id":"\xf4\x8f\xbf\xbe"}' + PING,
+    b'{"execute":"guest-ping","id":"\xf4\x8f\xbf\xbd\\ufdcf\\ufdf0\\ufffd"}',
 ]
 
 

@@ -1,4 +1,5 @@
 """Requests over a socket: validation texts, ids, sync, the command filter, guest-info."""
+import io
 import json
 import unittest
 
@@ -102,6 +103,45 @@ class NestedArguments(unittest.TestCase):
         self.assertEqual(qga_mini.check_value(-1, "uint64", "x"), (1 << 64) - 1)
         self.assertEqual(self.check("1", "uint64"), "Parameter 'vcpus' expects uint64")
         self.assertEqual(self.check(1.0, "uint64"), "Parameter 'vcpus' expects uint64")
+
+    def test_integer_types_as_qemus_visitors_check_them(self):
+        cases = [
+            (-(1 << 63), "int", -(1 << 63)), ((1 << 63) - 1, "int", (1 << 63) - 1),
+            (1 << 63, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (1.0, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (float("inf"), "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            (True, "int", "Invalid parameter type for 'vcpus', expected: integer"),
+            ((1 << 64) - 1, "uint64", (1 << 64) - 1), (-(1 << 63), "uint64", 1 << 63),
+            (float(1 << 64), "uint64", "Parameter 'vcpus' expects uint64"),
+            (-1, "size", (1 << 64) - 1), (None, "size", "Parameter 'vcpus' expects uint64"),
+            (255, "uint8", 255), (-1, "uint8", "Parameter 'vcpus' expects uint8_t"),
+            (65536, "uint16", "Parameter 'vcpus' expects uint16_t"),
+            ((1 << 32) - 1, "uint32", (1 << 32) - 1),
+            (1 << 32, "uint32", "Parameter 'vcpus' expects uint32_t"),
+            (-129, "int8", "Parameter 'vcpus' expects int8_t"), (-128, "int8", -128),
+            (1 << 15, "int16", "Parameter 'vcpus' expects int16_t"),
+            (-(1 << 31), "int32", -(1 << 31)), (1 << 31, "int32", "Parameter 'vcpus' expects int32_t"),
+            ("1", "int32", "Invalid parameter type for 'vcpus', expected: integer"),
+        ]
+        for value, typ, expected in cases:
+            try:
+                got = qga_mini.check_value(value, typ, "vcpus")
+            except qga_mini.QgaError as exc:
+                got = exc.desc
+            self.assertEqual(got, expected, (value, typ))
+
+    def test_a_narrow_range_error_names_the_member_not_the_path(self):
+        # qemu's visit_type_uintN() words it with the bare name ("null" in a list).
+        self.assertEqual(self.check(1 << 40, "uint32").replace("vcpus", "x"),
+                         "Parameter 'x' expects uint32_t")
+        try:
+            qga_mini.check_value([1 << 40], ["uint32"], "a.b")
+        except qga_mini.QgaError as exc:
+            self.assertEqual(exc.desc, "Parameter 'null' expects uint32_t")
+        try:
+            qga_mini.check_value(300, "uint8", "a[0].b")
+        except qga_mini.QgaError as exc:
+            self.assertEqual(exc.desc, "Parameter 'b' expects uint8_t")
 
     def test_alternates_and_enums(self):
         self.assertEqual(self.check(True, "GuestFileWhence"),
@@ -250,6 +290,92 @@ class InternalErrors(Harnessed):
         self.assertEqual(self.h.call("guest-ping"), {})
 
 
+class OneBoundaryPerMessage(Harnessed):
+    """A failure at any stage of a message's life (framing, parsing, checking, the command,
+    encoding) is one error reply, logged once, and the next request on the same connection
+    is answered."""
+
+    INJECTED = b'"desc": "internal error: injected"}}'
+    NEXT = b'{"execute":"guest-sync","arguments":{"id":8},"id":9}'
+
+    def setUp(self):
+        Harnessed.setUp(self)
+        self.log = io.StringIO()
+        self.h.agent.log.stream = self.log
+
+    def fail(self, target, name, times=1):
+        """Make ``target.name`` raise the next ``times`` times it is called."""
+        real = getattr(target, name)
+        left = [times]
+
+        def failing(*args, **kwargs):
+            if left[0]:
+                left[0] -= 1
+                raise RuntimeError("injected")
+            return real(*args, **kwargs)
+        setattr(target, name, failing)
+        self.addCleanup(setattr, target, name, real)
+
+    def check(self, request, reply):
+        self.assertEqual(self.raw(request), reply)
+        self.assertEqual(self.log.getvalue().count("error: internal error: "), 1, self.log.getvalue())
+        self.assertEqual(self.raw(self.NEXT), b'{"return": 8, "id": 9}')
+        self.assertIn(b"stray", self.raw(b"\xff" + self.NEXT.replace(b"sync", b"sync-delimited")))
+        self.assertEqual(self.h.read_line(), b'\xff{"return": 8, "id": 9}')
+
+    def test_framer(self):
+        self.fail(qga_mini.Framer, "_feed")
+        self.check(b'{"execute":"guest-ping","id":1}', b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
+    def test_framer_failing_after_a_message(self):
+        self.fail(qga_mini.Framer, "_scan")       # the walk, after json read the first one
+        self.h.send(b'{"execute":"guest-sync","arguments":{"id":2}}')
+        self.assertEqual(self.raw(b"{'execute':'guest-ping'}"), b'{"return": 2}')
+        self.check(b"", b'{"error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_json_parser(self):
+        self.fail(qga_mini, "_SCAN_JSON_VALUE")
+        self.check(b'{"execute":"guest-ping","id":1}', b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
+    def test_exact_parser(self):
+        self.fail(qga_mini, "parse_message")
+        self.check(b"{'execute':'guest-ping','id':1}", b'{"error": {"class": "GenericError", '
+                   + self.INJECTED)
+
+    def test_checker(self):
+        self.fail(qga_mini, "check_members")
+        self.check(b'{"execute":"guest-sync","arguments":{"id":2},"id":1}',
+                   b'{"id": 1, "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_command(self):
+        sync = qga_mini.COMMANDS["guest-sync"]
+        self.addCleanup(qga_mini.COMMANDS.__setitem__, "guest-sync", sync)
+
+        def crash(agent, id):
+            qga_mini.COMMANDS["guest-sync"] = sync
+            raise RuntimeError("injected")
+        qga_mini.COMMANDS["guest-sync"] = sync._replace(func=crash)
+        self.check(b'{"execute":"guest-sync","arguments":{"id":2},"id":1}',
+                   b'{"id": 1, "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_encoder(self):
+        self.fail(qga_mini, "encode_reply")
+        self.check(b'{"execute":"guest-sync-delimited","arguments":{"id":2},"id":[1.5]}',
+                   b'{"id": [1.5], "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_encoder_failing_for_the_error_reply_too(self):
+        self.fail(qga_mini, "encode_reply", times=2)
+        self.check(b'{"execute":"guest-ping","id":"\xc3\xa9"}',
+                   b'{"id": "\\u00e9", "error": {"class": "GenericError", ' + self.INJECTED)
+
+    def test_bad_input_is_not_an_internal_error(self):
+        for data in (b"\xff", b"]", b'{"a":1,"a":2}', b'{"execute":"x"}', b"{'a':\"\\ud800\"}"):
+            self.assertTrue(self.raw(data).startswith(b'{"error": {"class": '), data)
+        self.assertEqual(self.log.getvalue(), "")
+
+
 class OverSockets(unittest.TestCase):
     def test_new_connection_starts_with_a_fresh_framer(self):
         # qemu-ga would finish the stale half request with the next client's bytes.
@@ -268,6 +394,27 @@ class OverSockets(unittest.TestCase):
                                  for i in range(2000)))
             for i in range(2000):
                 self.assertEqual(client.read_reply(), {"return": i})
+
+    def test_numbers_of_any_length_anywhere(self):
+        huge = b"9" * 5000
+        with AgentProcess() as agent:
+            client = agent.connect()
+            for request, reply in [
+                    (b'{"execute":"guest-ping","id":%s}' % huge, b'{"return": {}, "id": inf}'),
+                    (b'{"execute":"guest-ping","id":-%s}' % huge, b'{"return": {}, "id": -inf}'),
+                    (b'{"execute":"guest-sync","arguments":{"id":%s}}' % huge,
+                     b'{"error": {"class": "GenericError", "desc": "Invalid parameter type for '
+                     b'\'id\', expected: integer"}}'),
+                    (b"{'execute':'guest-ping','id':%s}" % huge, b'{"return": {}, "id": inf}'),
+                    (b'{"execute":"guest-ping","id":[%s]}{"execute":"guest-ping","id":%s' % (
+                        huge, huge), b'{"return": {}, "id": [inf]}')]:
+                client.send(request)
+                self.assertEqual(client.read_line(), reply, request[:60])
+            client.send(b"}")
+            self.assertEqual(client.read_line(), b'{"return": {}, "id": inf}')
+            self.assertEqual(client.call("guest-sync", id=3), 3)
+            self.assertIsNone(agent.proc.poll())
+            self.assertEqual(agent.read_stderr(), "")
 
     def test_client_vanishing_with_unread_replies_does_not_stop_the_agent(self):
         with AgentProcess() as agent:
