@@ -39,11 +39,6 @@ def _limit_then_anything(theirs, ours, i):
                for a, b in zip(theirs[:i], ours[:i]))
 
 
-def _huge_integer_kills(case, theirs, ours):
-    return (ours[1] == "dead" and theirs[1] == "ok"
-            and re.search(rb"[0-9]{4300}", b"".join(case["chunks"])) is not None)
-
-
 def _token_cut_by_0xff(theirs, ours, i):
     if not (i < len(theirs) and i < len(ours) and ours[i][0] == theirs[i][0] == "error"):
         return False
@@ -84,9 +79,6 @@ KNOWN = [
           "Limits: after a limit error qemu-ga lexes the rest of the message as new input "
           "(a flood of errors); qga-mini skips to the message's end",
           None, _limit_then_anything, None),
-    Known("huge-integer-kills-agent", "proto",
-          "an integer literal of 4300+ digits ends qga-mini (issue 9 item 2)",
-          None, None, _huge_integer_kills),
     Known("lexer-error-quote-cap", "README",
           "Lexer error text: qga-mini quotes at most 64 bytes of a bad token",
           lambda a, b: _error(a, STRAY) and _error(b, STRAY) and _capped(a[2], b[2]),
