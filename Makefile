@@ -1,7 +1,8 @@
 # qga-mini developer targets.  `make help` lists them; CI runs `make test`.
 PYTHON ?= /usr/bin/python3
 
-.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus soak demo
+.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus fuzz-diff fuzz-diff-replay \
+	soak demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +36,19 @@ $(VENV)/.fuzz-deps:
 
 fuzz: $(VENV)/.fuzz-deps  ## fuzz the framer and dispatcher with atheris (FUZZ_RUNS=1000000 inputs)
 	$(VENV)/bin/python -m tests.fuzz.run --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS)
+
+# The differential fuzzer needs nothing but the standard library (inputs come from a seeded
+# random.Random per input, so any input of any run can be made again) and qemu-ga.
+FUZZ_DIFF_RUNS ?= 100000
+FUZZ_DIFF_SEED ?= 1
+FUZZ_DIFF_SECONDS ?= 7200
+
+fuzz-diff:  ## qga-mini and qemu-ga side by side on hostile inputs (FUZZ_DIFF_RUNS=100000)
+	$(PYTHON) -m tests.fuzz_diff --runs $(FUZZ_DIFF_RUNS) --seed $(FUZZ_DIFF_SEED) \
+		--seconds $(FUZZ_DIFF_SECONDS) --save .fuzz-work/fuzz-diff
+
+fuzz-diff-replay:  ## CI: the saved reproducers and a fixed-seed 5,000-input differential run
+	$(PYTHON) -m tests.fuzz_diff --replay tests/fuzz_diff/reproducers --runs 5000 --seed ci
 
 fuzz-corpus:  ## rewrite the seed corpus tests/fuzz/corpus/ from the command table
 	$(PYTHON) -m tests.fuzz.make_corpus

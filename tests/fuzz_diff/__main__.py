@@ -1,0 +1,5 @@
+import sys
+
+from tests.fuzz_diff.run import main
+
+sys.exit(main())
