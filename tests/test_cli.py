@@ -6,7 +6,8 @@ import tempfile
 import time
 import unittest
 
-from tests.support import AGENT, PYTHON, AgentProcess, qga_mini
+from tests.support import AGENT, PYTHON, AgentProcess, qga_mini, stop_process
+from tests.system_support import QEMU_GA
 
 TEST_QGA_CONFIG = """[general]
 daemon=false
@@ -171,13 +172,14 @@ class Running(unittest.TestCase):
         sock, pidfile = os.path.join(tmp, "s"), os.path.join(tmp, "pid")
         args = [PYTHON, AGENT, "-d", "-m", "unix-listen", "-p", sock, "-f", pidfile,
                 "-t", os.path.join(tmp, "state")]
-        self.assertEqual(subprocess.call(args), 0)
+        self.assertEqual(subprocess.call(args, timeout=60), 0)
         deadline = time.time() + 10
         while not (os.path.exists(pidfile) and os.path.getsize(pidfile)):
             self.assertLess(time.time(), deadline)
             time.sleep(0.02)
         with open(pidfile) as f:
             pid = int(f.read())
+        self.addCleanup(stop_process, pid)
         self.assertEqual(os.stat(pidfile).st_mode & 0o777, 0o600)
         with open("/proc/%d/status" % pid) as f:
             self.assertIn("Umask:\t0077", f.read())
@@ -213,8 +215,7 @@ class SocketActivation(unittest.TestCase):
             self.assertEqual(client.recv(100), b'{"return": 9}\n')
             client.close()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
             listener.close()
             if duplicated:
                 os.close(3)

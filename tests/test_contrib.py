@@ -16,6 +16,8 @@ import tempfile
 import time
 import unittest
 
+from tests.support import stop_process
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRIB = os.path.join(TOP, "contrib")
 VM = os.path.join(TOP, "tests", "vm")
@@ -296,9 +298,8 @@ class Launcher(unittest.TestCase):
         env.pop("PYTHONHASHSEED", None)
         agent = subprocess.Popen([self.launcher, "-m", "stdio", "-t", self.dir], env=env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.addCleanup(agent.wait, 10)
-        self.addCleanup(agent.stdout.close)
-        self.addCleanup(agent.stdin.close)
+        self.addCleanup(stop_process, agent)
+        self.addCleanup(agent.stdin.close)         # end of input: the agent exits by itself
 
         def call(name, **arguments):
             agent.stdin.write(json.dumps({"execute": name, "arguments": arguments}).encode())

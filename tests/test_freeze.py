@@ -17,7 +17,8 @@ import tempfile
 import time
 import unittest
 
-from tests.support import AGENT, PYTHON, AgentHarness, AgentProcess, qga_mini
+from tests.support import (AGENT, PYTHON, AgentHarness, AgentProcess, process_exited, qga_mini,
+                           stop_process)
 
 FROZEN = "Command %s has been disabled: the agent is in frozen state"
 
@@ -44,12 +45,13 @@ class LoopFs(object):
         if not os.path.ismount(self.path) or st.st_dev == os.stat(root).st_dev:
             raise AssertionError("%s is not mounted" % self.path)
         self.major, self.minor = os.major(st.st_dev), os.minor(st.st_dev)
+        self.writers = []
 
     @staticmethod
     def run(argv):
         try:
-            subprocess.check_output(argv, stderr=subprocess.STDOUT)
-        except (OSError, subprocess.CalledProcessError) as exc:
+            subprocess.check_output(argv, stderr=subprocess.STDOUT, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
             raise unittest.SkipTest("cannot set up a loop file system (%s): %s"
                                     % (" ".join(argv), getattr(exc, "output", exc)))
 
@@ -70,13 +72,17 @@ class LoopFs(object):
 
     def close(self):
         self.thaw()
-        subprocess.call(["umount", self.path])
+        for writer in self.writers:        # thawed: nothing can keep them from exiting now
+            stop_process(writer)
+        subprocess.call(["umount", self.path], timeout=60)
 
     def writer(self, name="probe"):
         """A child process that creates and fsyncs a file here (it blocks while frozen)."""
         code = ("import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
                 "os.write(fd, b'data')\nos.fsync(fd)\n")
-        return subprocess.Popen([PYTHON, "-c", code, os.path.join(self.path, name)])
+        writer = subprocess.Popen([PYTHON, "-c", code, os.path.join(self.path, name)])
+        self.writers.append(writer)
+        return writer
 
     def assert_writable(self, test):
         child = self.writer("writable")
@@ -370,6 +376,7 @@ class FrozenProcessTest(unittest.TestCase):
         proc = subprocess.Popen([PYTHON, AGENT, "-m", "stdio", "-t", self.statedir],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
+        self.addCleanup(stop_process, proc)
         request = {"execute": "guest-fsfreeze-freeze-list",
                    "arguments": {"mountpoints": [self.fs.path]}}
         proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -379,7 +386,6 @@ class FrozenProcessTest(unittest.TestCase):
         self.assertIsNone(wait_for(writer, 0.5))
         proc.stdin.close()
         self.assertEqual(proc.wait(10), 0)
-        proc.stdout.close()
         self.assertEqual(wait_for(writer, 10), 0)
         self.assertFalse(os.path.exists(self.marker))
 
