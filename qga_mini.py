@@ -101,6 +101,12 @@ HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bi
                       "/bin")
 HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
 HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
+HELPER_READ_CHUNK = 65536          # bytes per read of a helper's output pipe
+HELPER_KILL_WAIT = 5.0             # seconds a killed helper gets to die (one stuck in the kernel
+                                   # on a frozen file system cannot: it is left to finish later)
+HELPER_POLL_INTERVAL = 0.05        # seconds between exit checks where there are no pidfds
+HELPER_DRAIN_READS = 16            # reads of what the pipe holds once the helper has exited
+                                   # (1 MiB, the largest pipe); a daemon it left may write on
 
 # Time: guest-get-time, guest-set-time.
 UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
@@ -1431,8 +1437,8 @@ def find_helper(host, name):
 def run_helper(host, argv, stdin_data=None):
     """Run helper program ``argv[0]`` (looked up with find_helper) to its end.
 
-    (status, output) as run_program gives them, (127, why) when it could not be started, or
-    None when it is missing.
+    (status, output) as run_program gives them, (-9, output) when it was killed after
+    HELPER_TIMEOUT, (127, why) when it could not be started, or None when it is missing.
     """
     path = find_helper(host, argv[0])
     if path is None:
@@ -1440,8 +1446,34 @@ def run_helper(host, argv, stdin_data=None):
     try:
         return run_program(path, [os.path.basename(argv[0])] + list(argv[1:]), host.environ,
                            stdin_data, timeout=HELPER_TIMEOUT)
+    except ProgramTimeout as exc:
+        return -signal.SIGKILL, exc.output
     except OSError as exc:
         return 127, "failed to execute '%s': %s" % (path, os_error_text(exc))
+
+
+_pidfd_open = getattr(os, "pidfd_open", None)       # Python 3.9+ on Linux 5.3+
+
+
+def open_pidfd(pid):
+    """A file descriptor that polls readable when ``pid`` exits, or None where unsupported."""
+    if _pidfd_open is None:
+        return None
+    try:
+        return _pidfd_open(pid)
+    except OSError:
+        return None
+
+
+class ProgramTimeout(Exception):
+    """run_program's child ran past its time and was killed with its process group.
+
+    ``output`` is what it printed until then; ``died`` is False when it was still there
+    HELPER_KILL_WAIT seconds after SIGKILL (stuck in the kernel, e.g. on a frozen fs)."""
+
+    def __init__(self, output, died):
+        Exception.__init__(self, "timed out")
+        self.output, self.died = output, died
 
 
 def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
@@ -1450,28 +1482,106 @@ def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
     This is the one place the agent starts a helper (guest-exec children are apart: they run
     alongside the agent).  ``status`` is the exit status, or -N when signal N ended it.  The
     child runs in its own session with default signal dispositions, no agent fds and stdin
-    on /dev/null or ``stdin_data``.  Its output goes to a temporary file, not a pipe, so a
-    daemon it leaves behind cannot hold the agent up; a child still running after
-    ``timeout`` seconds (None: no limit) is killed with its process group.
+    on /dev/null or ``stdin_data``.  Its stdout and stderr share one pipe, read until the
+    child exits, never until end of file: a daemon it leaves behind holding the pipe cannot
+    hold the agent up.  The first HELPER_OUTPUT_KEPT bytes are kept, the rest read and
+    dropped.  A child still running after ``timeout`` seconds (None: no limit) is killed
+    with its whole process group and ProgramTimeout is raised.
     """
     import subprocess
-    import tempfile
+    child = subprocess.Popen(
+        argv, executable=path, env=None if environ is None else dict(environ),
+        close_fds=True, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    kept = bytearray()
     try:
-        output = tempfile.TemporaryFile()
-    except OSError:                     # no writable temporary directory: output is only logged
-        output = open(os.devnull, "w+b")
-    with output:
-        child = subprocess.Popen(
-            argv, executable=path, env=None if environ is None else dict(environ),
-            close_fds=True, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
+        finished = _follow_program(child, stdin_data, deadline, kept)
+    finally:
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    output = kept.decode("utf-8", "replace")
+    if not finished:
         try:
-            child.communicate(stdin_data, timeout=timeout)
+            os.killpg(child.pid, signal.SIGKILL)    # not reaped yet: the pid is still its own
+        except ProcessLookupError:                  # it left its process group
+            child.kill()
+        try:
+            child.wait(HELPER_KILL_WAIT)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        output.seek(0)
-        return child.returncode, output.read(HELPER_OUTPUT_KEPT).decode("utf-8", "replace")
+            pass                    # subprocess reaps it once it is gone
+        raise ProgramTimeout(output, child.returncode is not None)
+    return child.returncode, output
+
+
+def _follow_program(child, stdin_data, deadline, kept):
+    """Feed ``stdin_data`` to ``child``, keep the head of its output in ``kept``, and wait
+    until it exits (True) or ``deadline`` passes (False); whatever the output pipe already
+    holds at the exit is read too, nothing more."""
+    out = child.stdout.fileno()
+    os.set_blocking(out, False)
+    poller = select.poll()
+    poller.register(out, select.POLLIN)
+    stdin, pending = None, memoryview(stdin_data or b"")
+    if child.stdin is not None:
+        stdin = child.stdin.fileno()
+        os.set_blocking(stdin, False)
+        poller.register(stdin, select.POLLOUT)
+    pidfd = open_pidfd(child.pid)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    reading = True
+    try:
+        while child.poll() is None:
+            wait = None if pidfd is not None else HELPER_POLL_INTERVAL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = left if wait is None else min(wait, left)
+            for fd, _ in poller.poll(None if wait is None else wait * 1000 + 1):
+                if fd == out:
+                    if _read_program_output(out, kept) == 0:
+                        poller.unregister(out)
+                        reading = False
+                elif fd == stdin:
+                    pending = write_to_child(stdin, pending)
+                    if not pending:
+                        poller.unregister(stdin)
+                        child.stdin.close()
+                        stdin = None
+        for _ in range(HELPER_DRAIN_READS):
+            if not reading or not _read_program_output(out, kept):
+                break
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def write_to_child(fd, pending):
+    """One non-blocking write of the head of ``pending`` (a memoryview) into a child's stdin;
+    what is left to write: nothing once all is written or the child reads no more (EPIPE)."""
+    try:
+        return pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
+    except BlockingIOError:
+        return pending
+    except OSError:
+        return pending[:0]
+
+
+def _read_program_output(fd, kept):
+    """One read of a helper's output pipe, keeping its head in ``kept``: the number of bytes
+    read (0 at end of file), or None when nothing is waiting."""
+    try:
+        data = os.read(fd, HELPER_READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return 0
+    kept += data[:max(0, HELPER_OUTPUT_KEPT - len(kept))]
+    return len(data)
 
 
 # ==============================================================================================
@@ -1813,19 +1923,6 @@ EXEC_CAPTURE = {
     "stdout": ("pipe", "null"), "stderr": ("null", "pipe"), "merged": ("pipe", "stdout"),
 }
 
-_pidfd_open = getattr(os, "pidfd_open", None)       # Python 3.9+ on Linux 5.3+
-
-
-def open_pidfd(pid):
-    """A file descriptor that polls readable when ``pid`` exits, or None where unsupported."""
-    if _pidfd_open is None:
-        return None
-    try:
-        return _pidfd_open(pid)
-    except OSError:
-        return None
-
-
 def find_program(name, env):
     """The file GLib's spawn runs for ``name``: ``name`` itself when it has a slash, else the
     first executable regular file along PATH (the child's ``env`` PATH, else the agent's)."""
@@ -1947,12 +2044,7 @@ class ExecChild(object):
                         os.close(pidfd)
                         pidfd = None
                     elif fd == stdin:
-                        try:
-                            pending = pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
-                        except BlockingIOError:
-                            continue
-                        except OSError:     # EPIPE: the child closed its stdin or is gone
-                            pending = None
+                        pending = write_to_child(fd, pending)
                         if not pending:
                             poller.unregister(fd)
                             proc.stdin.close()
