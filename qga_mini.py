@@ -89,6 +89,8 @@ DEFAULT_CONFIG_PATH = "/etc/qemu/qemu-ga.conf"
 DEFAULT_STATEDIR = "/var/run"
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
 DEFAULT_FSFREEZE_HOOK = "/etc/qemu/fsfreeze-hook"
+DEFAULT_FSFREEZE_HOOK_TIMEOUT = 60.0   # seconds per hook run, then it is killed with its
+                                       # process group (0: no limit, as qemu-ga)
 STATE_FILE = "qga.state"
 FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
@@ -2526,8 +2528,14 @@ def thaw_mounts(host, mounts):
     return count
 
 
+class HookTimeout(QgaError):
+    """The fsfreeze hook ran longer than --fsfreeze-hook-timeout and was killed."""
+
+
 def run_fsfreeze_hook(agent, action):
-    """Run the -F hook with ``freeze`` or ``thaw`` and wait for it (no timeout, as qemu-ga).
+    """Run the -F hook with ``freeze`` or ``thaw`` and wait for it, at most
+    --fsfreeze-hook-timeout seconds (qemu-ga waits forever); then it is killed with its
+    process group and HookTimeout is raised.
 
     The hook runs as every helper does (run_program); its failure is a QgaError in qemu-ga
     7.2's words.  Without -F nothing runs.
@@ -2543,9 +2551,16 @@ def run_fsfreeze_hook(agent, action):
             code = exc.errno
         raise QgaError("can't access fsfreeze hook '%s': %s" % (hook, os.strerror(code)))
     agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
+    timeout = agent.config.fsfreeze_hook_timeout or None
     try:
         # A bare name is a file in the current directory (execl), never a PATH search.
-        status, output = run_program(os.path.abspath(hook), [hook, action])
+        status, output = run_program(os.path.abspath(hook), [hook, action], timeout=timeout)
+    except ProgramTimeout as exc:
+        agent.log.debug("fsfreeze hook output: %s" % exc.output)
+        raise HookTimeout("fsfreeze hook '%s' did not finish '%s' within %g seconds and was "
+                          "killed with its process group%s"
+                          % (hook, action, timeout, "" if exc.died
+                             else " (it is stuck in the kernel and has not died yet)"))
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.ENOMEM):
             raise QgaError("failed to create child process: %s" % os_error_text(exc))
@@ -2558,10 +2573,26 @@ def run_fsfreeze_hook(agent, action):
         raise QgaError("fsfreeze hook has failed with status %d" % status)
 
 
+def run_freeze_hook(agent):
+    """The hook's ``freeze``.  One that timed out was killed part-way: whatever it had
+    frozen (a database lock, a script's own fsfreeze) is undone by running its ``thaw``, as
+    qemu-ga thaws everything, hook included, when a freeze fails after the hook succeeded.
+    A hook that failed by itself is trusted to have cleaned up, as in qemu-ga."""
+    try:
+        run_fsfreeze_hook(agent, "freeze")
+    except HookTimeout as exc:
+        try:
+            run_fsfreeze_hook(agent, "thaw")
+            undone = "its 'thaw' was run"
+        except QgaError as thaw_error:
+            undone = "running its 'thaw' failed too: " + thaw_error.desc
+        raise QgaError("%s; no file system was frozen and %s" % (exc.desc, undone))
+
+
 def freeze_filesystems(agent, mountpoints=None):
     """guest-fsfreeze-freeze(-list): hook, mount list, frozen state, then the ioctls."""
     agent.log.audit("guest-fsfreeze called")
-    run_fsfreeze_hook(agent, "freeze")
+    run_freeze_hook(agent)
     mounts = build_mount_list(agent.host)
     # Frozen before the first ioctl: from here on no log line or state write may touch a disk.
     agent.set_frozen(True)
@@ -2588,7 +2619,10 @@ def thaw_filesystems(agent):
         agent.freeze_watchdog = None
     agent.set_frozen(False)
     agent.log.audit("guest-fsthaw called")
-    run_fsfreeze_hook(agent, "thaw")
+    try:
+        run_fsfreeze_hook(agent, "thaw")
+    except HookTimeout as exc:
+        raise QgaError("%s; the file systems were thawed before it ran" % exc.desc)
     return count
 
 
@@ -4863,6 +4897,7 @@ class Config(object):
         self.block_rpcs_raw = None      # the config file's text, dumped back verbatim
         self.listen_fd = None           # systemd socket activation
         self.freeze_timeout = 0
+        self.fsfreeze_hook_timeout = DEFAULT_FSFREEZE_HOOK_TIMEOUT
 
 
 USAGE = """Usage: %(prog)s [-m <method> -p <path>] [<options>]
@@ -4884,6 +4919,9 @@ QEMU Guest Agent (qga-mini %(project)s, behaves as qemu-ga %(version)s)
                     (default is %(hook)s)
                     If using -F with an argument, do not follow -F with a
                     space. (for example: -F/var/run/fsfreezehook.sh)
+      --fsfreeze-hook-timeout SECONDS
+                    kill the hook with its process group after SECONDS
+                    (default %(hook_timeout)g; 0: wait forever, as qemu-ga)
       --freeze-timeout SECONDS
                     thaw by itself if the host has not thawed after SECONDS
                     (default 0: never, as qemu-ga)
@@ -4916,7 +4954,11 @@ _LONG_OPTS = {"--method": "-m", "--path": "-p", "--logfile": "-l", "--pidfile": 
               "--allow-rpcs": "-a", "--config": "-c", "--verbose": "-v", "--version": "-V",
               "--daemonize": "-d", "--dump-conf": "-D", "--retry-path": "-r", "--help": "-h",
               "--fsfreeze-hook": "-F", "--device": "--device",
-              "--freeze-timeout": "--freeze-timeout", "--self-test": "--self-test"}
+              "--freeze-timeout": "--freeze-timeout", "--self-test": "--self-test",
+              "--fsfreeze-hook-timeout": "--fsfreeze-hook-timeout"}
+# Ours, not qemu-ga's: an abbreviation that also fits one of qemu-ga's means qemu-ga's.
+_OWN_LONG_OPTS = ("--device", "--freeze-timeout", "--self-test", "--fsfreeze-hook-timeout")
+_OWN_OPTS_WITH_ARG = ("--freeze-timeout", "--fsfreeze-hook-timeout")
 _FLAGS = set("vVdDrh")
 
 
@@ -4941,12 +4983,14 @@ def parse_args(argv):
             matches = [l for l in _LONG_OPTS if l.startswith(name)]
             if name in _LONG_OPTS:
                 matches = [name]
+            elif len(matches) > 1:
+                matches = [l for l in matches if l not in _OWN_LONG_OPTS] or matches
             if len(matches) != 1:
                 raise UsageError("unrecognized option '%s'" % arg)
             short = _LONG_OPTS[matches[0]]
             if short in ("-F",):
                 opts.append(("-F", value if eq else None))
-            elif short in _OPTS_WITH_ARG or short == "--freeze-timeout":
+            elif short in _OPTS_WITH_ARG or short in _OWN_OPTS_WITH_ARG:
                 if not eq:
                     if not args:
                         raise UsageError("option '%s' requires an argument" % matches[0])
@@ -5036,17 +5080,18 @@ def load_config_file(config, path, required, log):
             config.block_rpcs.extend(split_rpc_list(value))
         elif key == "allow-rpcs":
             config.allow_rpcs.extend(split_rpc_list(value))
-        elif key == "freeze-timeout":
-            config.freeze_timeout = _parse_seconds(value)
+        elif key in ("freeze-timeout", "fsfreeze-hook-timeout"):
+            setattr(config, key.replace("-", "_"), _parse_seconds(value, key))
 
 
-def _parse_seconds(text):
+def _parse_seconds(text, name):
+    """A number of seconds for option or key ``name``: finite, not negative."""
     try:
         value = float(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise UsageError("invalid freeze timeout '%s'" % text)
+    if not 0 <= value < float("inf"):
+        raise UsageError("invalid %s '%s': a number of seconds, 0 or more" % (name, text))
     return value
 
 
@@ -5066,8 +5111,12 @@ def dump_config(config):
     lines.append("block-rpcs=%s" % ",".join(([blocked] if blocked else []) + extra))
     if config.allow_rpcs:
         lines.append("allow-rpcs=%s" % ",".join(config.allow_rpcs))
+    # Our own keys come last, and only when set away from their default, so that a default
+    # configuration dumps exactly as qemu-ga's does.
     if config.freeze_timeout:
         lines.append("freeze-timeout=%g" % config.freeze_timeout)
+    if config.fsfreeze_hook_timeout != DEFAULT_FSFREEZE_HOOK_TIMEOUT:
+        lines.append("fsfreeze-hook-timeout=%g" % config.fsfreeze_hook_timeout)
     return "\n".join(lines) + "\n"
 
 
@@ -5101,8 +5150,8 @@ def build_config(argv, environ, log):
             config.daemon = True
         elif opt == "-r":
             config.retry_path = True
-        elif opt == "--freeze-timeout":
-            config.freeze_timeout = _parse_seconds(value)
+        elif opt in _OWN_OPTS_WITH_ARG:
+            setattr(config, opt[2:].replace("-", "_"), _parse_seconds(value, opt))
         elif opt in ("-b", "-a"):
             if value in ("help", "?"):
                 action = "list"
@@ -5322,6 +5371,7 @@ def main(argv=None, environ=None):
         if action == "help":
             print(USAGE % {"prog": prog, "project": __project_version__, "version": __version__,
                            "pidfile": DEFAULT_PIDFILE, "hook": DEFAULT_FSFREEZE_HOOK,
+                           "hook_timeout": DEFAULT_FSFREEZE_HOOK_TIMEOUT,
                            "statedir": DEFAULT_STATEDIR, "config": DEFAULT_CONFIG_PATH})
             return 0
         if action == "list":

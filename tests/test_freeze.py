@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import unittest.mock
 
 from tests.support import (AGENT, PYTHON, AgentHarness, AgentProcess, process_exited, qga_mini,
                            stop_process)
@@ -258,6 +259,111 @@ class FreezeTest(unittest.TestCase):
                          ("GenericError", "can't access fsfreeze hook '%s': No such file or "
                           "directory" % missing))
         self.assertEqual(h2.call("guest-fsfreeze-status"), "thawed")
+
+    # -- the hook's time limit --------------------------------------------------------------
+
+    def sleeper(self, when):
+        """Hook code that, on ``when`` (freeze or thaw), starts a sleeper in the background
+        (holding the hook's stdout), writes its pid to sleeper.pid and waits for it."""
+        self.pidfile = os.path.join(self.tmp, "sleeper.pid")
+        self.addCleanup(self.kill_sleeper)
+        return ('[ "$1" = %s ] && { sleep 300 & echo $! >%s; wait; }; exit 0'
+                % (when, self.pidfile))
+
+    def kill_sleeper(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read())
+        except (IOError, ValueError):
+            return
+        stop_process(pid)
+
+    def assert_sleeper_killed(self):
+        with open(self.pidfile) as f:
+            pid = int(f.read())
+        deadline = time.monotonic() + 10
+        while not process_exited(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(process_exited(pid), "the hook's child survived the timeout")
+
+    def test_hook_that_hangs_on_freeze_is_killed_and_nothing_stays_frozen(self):
+        hook = self.hook(self.sleeper("freeze"))
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=2)
+        self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'freeze' within 2 seconds and "
+            "was killed with its process group; no file system was frozen and its 'thaw' was "
+            "run" % hook))
+        self.assert_sleeper_killed()
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+        self.xfs.assert_writable(self)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+        self.assertEqual(h.call("guest-ping"), {})
+
+    def test_hook_that_hangs_on_freeze_and_on_thaw(self):
+        hook = self.hook("sleep 300")
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=1)
+        self.assertEqual(h.error("guest-fsfreeze-freeze-list", mountpoints=["/mnt/ext4"]), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'freeze' within 1 seconds and "
+            "was killed with its process group; no file system was frozen and running its "
+            "'thaw' failed too: fsfreeze hook '%s' did not finish 'thaw' within 1 seconds and "
+            "was killed with its process group" % (hook, hook)))
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+
+    def test_hook_that_hangs_on_thaw_is_killed_after_the_thaw(self):
+        hook = self.hook(self.sleeper("thaw"))
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=2)
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.error("guest-fsfreeze-thaw"), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'thaw' within 2 seconds and "
+            "was killed with its process group; the file systems were thawed before it ran"
+            % hook))
+        self.assert_sleeper_killed()
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+        self.xfs.assert_writable(self)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+
+    def test_hook_leaving_a_child_that_holds_its_output(self):
+        # The hook exits at once; its child keeps stdout open for 300 s.  The agent reads
+        # until the hook exits, not until end of file (the client gives up after 10 s).
+        self.pidfile = os.path.join(self.tmp, "sleeper.pid")
+        self.addCleanup(self.kill_sleeper)
+        hook = self.hook("sleep 300 & echo $! >%s; exit 0" % self.pidfile)
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=0)
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.call("guest-fsfreeze-thaw"), 2)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+        with open(self.pidfile) as f:
+            self.assertFalse(process_exited(int(f.read())))      # left alone
+
+    def test_hook_printing_10_mib(self):
+        h = self.harness(fsfreeze_hook=self.hook("head -c 10485760 /dev/zero"))
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.call("guest-fsfreeze-thaw"), 2)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+
+    def test_hook_stuck_on_a_frozen_file_system_does_not_hang_the_agent(self):
+        # Its write to the xfs, frozen behind the agent's back (not in its mount table), sleeps
+        # in the kernel where SIGKILL cannot reach it: the agent waits HELPER_KILL_WAIT for it
+        # to die, then reports it and goes on.
+        self.write_mountinfo([self.ext4.mountinfo_line(40)])
+        hook = self.hook('[ "$1" = thaw ] && echo x >%s/stuck; exit 0' % self.xfs.path)
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=1)
+        self.assertEqual(h.call("guest-fsfreeze-freeze-list", mountpoints=["/mnt/ext4"]), 1)
+        fd = os.open(self.xfs.path, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, qga_mini.FIFREEZE, 0)    # frozen behind the agent's back
+        finally:
+            os.close(fd)
+        with unittest.mock.patch.object(qga_mini, "HELPER_KILL_WAIT", 1):
+            self.assertEqual(h.error("guest-fsfreeze-thaw"), (
+                "GenericError", "fsfreeze hook '%s' did not finish 'thaw' within 1 seconds and "
+                "was killed with its process group (it is stuck in the kernel and has not died "
+                "yet); the file systems were thawed before it ran" % hook))
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.xfs.thaw()
 
     # -- the watchdog ------------------------------------------------------------------------
 
