@@ -1417,6 +1417,21 @@ class Agent(object):
 
 # -- Helper programs: the one way the agent runs a child to its end ---------------------------
 
+def untrusted_file_reason(st):
+    """Why a file (its stat) must not be trusted, as sshd judges its keys: its group or other
+    users can write it, or a user other than root and the agent's own owns it.  None when it
+    may be trusted.  Character devices (/dev/null) are not judged."""
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISCHR(st.st_mode):
+        return None
+    if mode & 0o022:
+        return "mode %04o lets other users write it" % mode
+    if st.st_uid not in (0, os.geteuid()):
+        return ("it is owned by uid %d (mode %04o), neither root nor the agent's user"
+                % (st.st_uid, mode))
+    return None
+
+
 def find_helper(host, name):
     """The real path of helper program ``name`` in the guest, or None if it is not there.
 
@@ -2538,7 +2553,8 @@ def run_fsfreeze_hook(agent, action):
     process group and HookTimeout is raised.
 
     The hook runs as every helper does (run_program); its failure is a QgaError in qemu-ga
-    7.2's words.  Without -F nothing runs.
+    7.2's words.  A hook that another user could have written is not run.  Without -F
+    nothing runs.
     """
     hook = agent.config.fsfreeze_hook
     if not hook:
@@ -2550,6 +2566,12 @@ def run_fsfreeze_hook(agent, action):
         except OSError as exc:
             code = exc.errno
         raise QgaError("can't access fsfreeze hook '%s': %s" % (hook, os.strerror(code)))
+    try:
+        why = untrusted_file_reason(os.stat(hook))
+    except OSError as exc:
+        why = os_error_text(exc)
+    if why:
+        raise QgaError("refusing fsfreeze hook '%s': %s" % (hook, why))
     agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
     timeout = agent.config.fsfreeze_hook_timeout or None
     try:
@@ -5056,14 +5078,19 @@ def _keyfile_bool(value, key, path):
 
 
 def load_config_file(config, path, required, log):
+    """Apply the [general] keys of ``path``; a missing file is an error only if ``required``.
+    A file another user could have written is refused (untrusted_file_reason)."""
     try:
         with open(path, "rb") as f:
+            why = untrusted_file_reason(os.fstat(f.fileno()))
             text = f.read().decode("utf-8", "replace")
     except (OSError, IOError) as exc:
         if not required and exc.errno == errno.ENOENT:
             return
         raise UsageError("error loading configuration from path: %s, %s"
                          % (path, os_error_text(exc)))
+    if why:
+        raise UsageError("refusing configuration file '%s': %s" % (path, why))
     general = parse_keyfile(text, path).get("general", {})
     for key, value in general.items():
         if key in ("daemon", "verbose", "retry-path"):

@@ -534,6 +534,35 @@ class FreezeWithoutFilesystemsTest(unittest.TestCase):
                              ("GenericError", "fsfreeze hook has failed with status 1"))
             self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
 
+    def write_hook(self, mode, uid=None):
+        path = os.path.join(self.root, "hook")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\necho ran >>%s/hook-ran\n" % self.root)
+        os.chmod(path, mode)
+        if uid is not None:
+            os.chown(path, uid, uid)
+        return path
+
+    def test_hook_others_can_write_is_refused(self):
+        for mode in (0o777, 0o775, 0o757):
+            with self.subTest(mode=oct(mode)):
+                hook = self.write_hook(mode)
+                with AgentHarness(host_root=self.root, fsfreeze_hook=hook) as h:
+                    self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+                        "GenericError", "refusing fsfreeze hook '%s': mode %04o lets other "
+                        "users write it" % (hook, mode)))
+                    self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.assertFalse(os.path.exists(os.path.join(self.root, "hook-ran")))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file to another user")
+    def test_hook_of_another_user_is_refused(self):
+        hook = self.write_hook(0o755, uid=4242)
+        with AgentHarness(host_root=self.root, fsfreeze_hook=hook) as h:
+            self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+                "GenericError", "refusing fsfreeze hook '%s': it is owned by uid 4242 (mode "
+                "0755), neither root nor the agent's user" % hook))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "hook-ran")))
+
     def test_fstrim_open_error(self):
         with AgentHarness(host_root=self.root) as h:
             self.assertEqual(h.call("guest-fstrim"), {"paths": [
