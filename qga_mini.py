@@ -5151,10 +5151,15 @@ def build_config(argv, environ, log):
     """The Config and the action ("run", "dump", "version", "help", "list", "self-test")."""
     opts = parse_args(argv)
     config = Config()
+    # As qemu-ga 10.x: the last -c, which must exist; else $QGA_CONF or the default file,
+    # either of which may be missing (qemu-ga 7.2 has no -c and reads $QGA_CONF so).
     cli_config = [value for opt, value in opts if opt == "-c"]
-    path = environ.get("QGA_CONF") or (cli_config[-1] if cli_config else DEFAULT_CONFIG_PATH)
-    load_config_file(config, path, required=bool(environ.get("QGA_CONF") or cli_config),
-                     log=log)
+    if cli_config:
+        path = cli_config[-1]
+    else:
+        path = environ.get("QGA_CONF")
+        path = DEFAULT_CONFIG_PATH if path is None else path
+    load_config_file(config, path, required=bool(cli_config), log=log)
     action = "run"
     for opt, value in opts:
         if opt == "-m":
