@@ -27,7 +27,8 @@ Security
     Every command runs as the agent's user, normally root: whoever controls the host end of the
     channel can read and write any file, run any program and change passwords in the guest.
     That is what a guest agent is for; restrict it with ``-b/--block-rpcs`` or
-    ``-a/--allow-rpcs`` where the host is not fully trusted.
+    ``-a/--allow-rpcs`` where the host is not fully trusted.  A config file or fsfreeze hook
+    that other users can write (or own) is refused, as sshd refuses such keys.
 
 Limits (each enforced with a clear error; see the constants below)
     one JSON message        64 MiB, 2 Mi tokens, nesting depth 1024
@@ -36,6 +37,8 @@ Limits (each enforced with a clear error; see the constants below)
     guest-exec output       16 MiB per stream, 256 MiB held for all children; then
                             ``*-truncated``
     guest-exec children     256 running or not yet collected
+    fsfreeze hook           60 s per run (--fsfreeze-hook-timeout), then killed with its
+                            process group; helpers (hwclock, chpasswd, ...) 120 s
 
 Tested with (tests/vm, in a busybox initramfs under QEMU 7.2): libvirt's virsh, a
 Proxmox-style client, a libvirt-style client and QEMU's qemu.qmp as qemu-ga-client uses it;
