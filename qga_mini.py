@@ -27,7 +27,8 @@ Security
     Every command runs as the agent's user, normally root: whoever controls the host end of the
     channel can read and write any file, run any program and change passwords in the guest.
     That is what a guest agent is for; restrict it with ``-b/--block-rpcs`` or
-    ``-a/--allow-rpcs`` where the host is not fully trusted.
+    ``-a/--allow-rpcs`` where the host is not fully trusted.  A config file or fsfreeze hook
+    that other users can write (or own) is refused, as sshd refuses such keys.
 
 Limits (each enforced with a clear error; see the constants below)
     one JSON message        64 MiB, 2 Mi tokens, nesting depth 1024
@@ -36,6 +37,8 @@ Limits (each enforced with a clear error; see the constants below)
     guest-exec output       16 MiB per stream, 256 MiB held for all children; then
                             ``*-truncated``
     guest-exec children     256 running or not yet collected
+    fsfreeze hook           60 s per run (--fsfreeze-hook-timeout), then killed with its
+                            process group; helpers (hwclock, chpasswd, ...) 120 s
 
 Tested with (tests/vm, in a busybox initramfs under QEMU 7.2): libvirt's virsh, a
 Proxmox-style client, a libvirt-style client and QEMU's qemu.qmp as qemu-ga-client uses it;
@@ -90,6 +93,8 @@ DEFAULT_CONFIG_PATH = "/etc/qemu/qemu-ga.conf"
 DEFAULT_STATEDIR = "/var/run"
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
 DEFAULT_FSFREEZE_HOOK = "/etc/qemu/fsfreeze-hook"
+DEFAULT_FSFREEZE_HOOK_TIMEOUT = 60.0   # seconds per hook run, then it is killed with its
+                                       # process group (0: no limit, as qemu-ga)
 STATE_FILE = "qga.state"
 FROZEN_MARKER = "qga.state.isfrozen"
 FIRST_FILE_HANDLE = 1000           # guest-file handles start here and are never reused
@@ -102,6 +107,12 @@ HELPER_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bi
                       "/bin")
 HELPER_TIMEOUT = 120.0             # seconds before a hung helper is killed (qemu-ga waits forever)
 HELPER_OUTPUT_KEPT = 4096          # bytes of a helper's output kept for the log
+HELPER_READ_CHUNK = 65536          # bytes per read of a helper's output pipe
+HELPER_KILL_WAIT = 5.0             # seconds a killed helper gets to die (one stuck in the kernel
+                                   # on a frozen file system cannot: it is left to finish later)
+HELPER_POLL_INTERVAL = 0.05        # seconds between exit checks where there are no pidfds
+HELPER_DRAIN_READS = 16            # reads of what the pipe holds once the helper has exited
+                                   # (1 MiB, the largest pipe); a daemon it left may write on
 
 # Time: guest-get-time, guest-set-time.
 UNSUPPORTED_TEXT = "this feature or command is not currently supported"   # qemu-ga 7.2's text
@@ -1598,6 +1609,21 @@ class Agent(object):
 
 # -- Helper programs: the one way the agent runs a child to its end ---------------------------
 
+def untrusted_file_reason(st):
+    """Why a file (its stat) must not be trusted, as sshd judges its keys: its group or other
+    users can write it, or a user other than root and the agent's own owns it.  None when it
+    may be trusted.  Character devices (/dev/null) are not judged."""
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISCHR(st.st_mode):
+        return None
+    if mode & 0o022:
+        return "mode %04o lets other users write it" % mode
+    if st.st_uid not in (0, os.geteuid()):
+        return ("it is owned by uid %d (mode %04o), neither root nor the agent's user"
+                % (st.st_uid, mode))
+    return None
+
+
 def find_helper(host, name):
     """The real path of helper program ``name`` in the guest, or None if it is not there.
 
@@ -1620,8 +1646,8 @@ def find_helper(host, name):
 def run_helper(host, argv, stdin_data=None):
     """Run helper program ``argv[0]`` (looked up with find_helper) to its end.
 
-    (status, output) as run_program gives them, (127, why) when it could not be started, or
-    None when it is missing.
+    (status, output) as run_program gives them, (-9, output) when it was killed after
+    HELPER_TIMEOUT, (127, why) when it could not be started, or None when it is missing.
     """
     path = find_helper(host, argv[0])
     if path is None:
@@ -1629,8 +1655,34 @@ def run_helper(host, argv, stdin_data=None):
     try:
         return run_program(path, [os.path.basename(argv[0])] + list(argv[1:]), host.environ,
                            stdin_data, timeout=HELPER_TIMEOUT)
+    except ProgramTimeout as exc:
+        return -signal.SIGKILL, exc.output
     except OSError as exc:
         return 127, "failed to execute '%s': %s" % (path, os_error_text(exc))
+
+
+_pidfd_open = getattr(os, "pidfd_open", None)       # Python 3.9+ on Linux 5.3+
+
+
+def open_pidfd(pid):
+    """A file descriptor that polls readable when ``pid`` exits, or None where unsupported."""
+    if _pidfd_open is None:
+        return None
+    try:
+        return _pidfd_open(pid)
+    except OSError:
+        return None
+
+
+class ProgramTimeout(Exception):
+    """run_program's child ran past its time and was killed with its process group.
+
+    ``output`` is what it printed until then; ``died`` is False when it was still there
+    HELPER_KILL_WAIT seconds after SIGKILL (stuck in the kernel, e.g. on a frozen fs)."""
+
+    def __init__(self, output, died):
+        Exception.__init__(self, "timed out")
+        self.output, self.died = output, died
 
 
 def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
@@ -1639,28 +1691,106 @@ def run_program(path, argv, environ=None, stdin_data=None, timeout=None):
     This is the one place the agent starts a helper (guest-exec children are apart: they run
     alongside the agent).  ``status`` is the exit status, or -N when signal N ended it.  The
     child runs in its own session with default signal dispositions, no agent fds and stdin
-    on /dev/null or ``stdin_data``.  Its output goes to a temporary file, not a pipe, so a
-    daemon it leaves behind cannot hold the agent up; a child still running after
-    ``timeout`` seconds (None: no limit) is killed with its process group.
+    on /dev/null or ``stdin_data``.  Its stdout and stderr share one pipe, read until the
+    child exits, never until end of file: a daemon it leaves behind holding the pipe cannot
+    hold the agent up.  The first HELPER_OUTPUT_KEPT bytes are kept, the rest read and
+    dropped.  A child still running after ``timeout`` seconds (None: no limit) is killed
+    with its whole process group and ProgramTimeout is raised.
     """
     import subprocess
-    import tempfile
+    child = subprocess.Popen(
+        argv, executable=path, env=None if environ is None else dict(environ),
+        close_fds=True, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    kept = bytearray()
     try:
-        output = tempfile.TemporaryFile()
-    except OSError:                     # no writable temporary directory: output is only logged
-        output = open(os.devnull, "w+b")
-    with output:
-        child = subprocess.Popen(
-            argv, executable=path, env=None if environ is None else dict(environ),
-            close_fds=True, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
+        finished = _follow_program(child, stdin_data, deadline, kept)
+    finally:
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    output = kept.decode("utf-8", "replace")
+    if not finished:
         try:
-            child.communicate(stdin_data, timeout=timeout)
+            os.killpg(child.pid, signal.SIGKILL)    # not reaped yet: the pid is still its own
+        except ProcessLookupError:                  # it left its process group
+            child.kill()
+        try:
+            child.wait(HELPER_KILL_WAIT)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        output.seek(0)
-        return child.returncode, output.read(HELPER_OUTPUT_KEPT).decode("utf-8", "replace")
+            pass                    # subprocess reaps it once it is gone
+        raise ProgramTimeout(output, child.returncode is not None)
+    return child.returncode, output
+
+
+def _follow_program(child, stdin_data, deadline, kept):
+    """Feed ``stdin_data`` to ``child``, keep the head of its output in ``kept``, and wait
+    until it exits (True) or ``deadline`` passes (False); whatever the output pipe already
+    holds at the exit is read too, nothing more."""
+    out = child.stdout.fileno()
+    os.set_blocking(out, False)
+    poller = select.poll()
+    poller.register(out, select.POLLIN)
+    stdin, pending = None, memoryview(stdin_data or b"")
+    if child.stdin is not None:
+        stdin = child.stdin.fileno()
+        os.set_blocking(stdin, False)
+        poller.register(stdin, select.POLLOUT)
+    pidfd = open_pidfd(child.pid)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    reading = True
+    try:
+        while child.poll() is None:
+            wait = None if pidfd is not None else HELPER_POLL_INTERVAL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = left if wait is None else min(wait, left)
+            for fd, _ in poller.poll(None if wait is None else wait * 1000 + 1):
+                if fd == out:
+                    if _read_program_output(out, kept) == 0:
+                        poller.unregister(out)
+                        reading = False
+                elif fd == stdin:
+                    pending = write_to_child(stdin, pending)
+                    if not pending:
+                        poller.unregister(stdin)
+                        child.stdin.close()
+                        stdin = None
+        for _ in range(HELPER_DRAIN_READS):
+            if not reading or not _read_program_output(out, kept):
+                break
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def write_to_child(fd, pending):
+    """One non-blocking write of the head of ``pending`` (a memoryview) into a child's stdin;
+    what is left to write: nothing once all is written or the child reads no more (EPIPE)."""
+    try:
+        return pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
+    except BlockingIOError:
+        return pending
+    except OSError:
+        return pending[:0]
+
+
+def _read_program_output(fd, kept):
+    """One read of a helper's output pipe, keeping its head in ``kept``: the number of bytes
+    read (0 at end of file), or None when nothing is waiting."""
+    try:
+        data = os.read(fd, HELPER_READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return 0
+    kept += data[:max(0, HELPER_OUTPUT_KEPT - len(kept))]
+    return len(data)
 
 
 # ==============================================================================================
@@ -2002,19 +2132,6 @@ EXEC_CAPTURE = {
     "stdout": ("pipe", "null"), "stderr": ("null", "pipe"), "merged": ("pipe", "stdout"),
 }
 
-_pidfd_open = getattr(os, "pidfd_open", None)       # Python 3.9+ on Linux 5.3+
-
-
-def open_pidfd(pid):
-    """A file descriptor that polls readable when ``pid`` exits, or None where unsupported."""
-    if _pidfd_open is None:
-        return None
-    try:
-        return _pidfd_open(pid)
-    except OSError:
-        return None
-
-
 def find_program(name, env):
     """The file GLib's spawn runs for ``name``: ``name`` itself when it has a slash, else the
     first executable regular file along PATH (the child's ``env`` PATH, else the agent's)."""
@@ -2136,12 +2253,7 @@ class ExecChild(object):
                         os.close(pidfd)
                         pidfd = None
                     elif fd == stdin:
-                        try:
-                            pending = pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
-                        except BlockingIOError:
-                            continue
-                        except OSError:     # EPIPE: the child closed its stdin or is gone
-                            pending = None
+                        pending = write_to_child(fd, pending)
                         if not pending:
                             poller.unregister(fd)
                             proc.stdin.close()
@@ -2623,11 +2735,18 @@ def thaw_mounts(host, mounts):
     return count
 
 
+class HookTimeout(QgaError):
+    """The fsfreeze hook ran longer than --fsfreeze-hook-timeout and was killed."""
+
+
 def run_fsfreeze_hook(agent, action):
-    """Run the -F hook with ``freeze`` or ``thaw`` and wait for it (no timeout, as qemu-ga).
+    """Run the -F hook with ``freeze`` or ``thaw`` and wait for it, at most
+    --fsfreeze-hook-timeout seconds (qemu-ga waits forever); then it is killed with its
+    process group and HookTimeout is raised.
 
     The hook runs as every helper does (run_program); its failure is a QgaError in qemu-ga
-    7.2's words.  Without -F nothing runs.
+    7.2's words.  A hook that another user could have written is not run.  Without -F
+    nothing runs.
     """
     hook = agent.config.fsfreeze_hook
     if not hook:
@@ -2639,10 +2758,23 @@ def run_fsfreeze_hook(agent, action):
         except OSError as exc:
             code = exc.errno
         raise QgaError("can't access fsfreeze hook '%s': %s" % (hook, os.strerror(code)))
+    try:
+        why = untrusted_file_reason(os.stat(hook))
+    except OSError as exc:
+        why = os_error_text(exc)
+    if why:
+        raise QgaError("refusing fsfreeze hook '%s': %s" % (hook, why))
     agent.log.audit("executing fsfreeze hook with arg '%s'" % action)
+    timeout = agent.config.fsfreeze_hook_timeout or None
     try:
         # A bare name is a file in the current directory (execl), never a PATH search.
-        status, output = run_program(os.path.abspath(hook), [hook, action])
+        status, output = run_program(os.path.abspath(hook), [hook, action], timeout=timeout)
+    except ProgramTimeout as exc:
+        agent.log.debug("fsfreeze hook output: %s" % exc.output)
+        raise HookTimeout("fsfreeze hook '%s' did not finish '%s' within %g seconds and was "
+                          "killed with its process group%s"
+                          % (hook, action, timeout, "" if exc.died
+                             else " (it is stuck in the kernel and has not died yet)"))
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.ENOMEM):
             raise QgaError("failed to create child process: %s" % os_error_text(exc))
@@ -2655,10 +2787,26 @@ def run_fsfreeze_hook(agent, action):
         raise QgaError("fsfreeze hook has failed with status %d" % status)
 
 
+def run_freeze_hook(agent):
+    """The hook's ``freeze``.  One that timed out was killed part-way: whatever it had
+    frozen (a database lock, a script's own fsfreeze) is undone by running its ``thaw``, as
+    qemu-ga thaws everything, hook included, when a freeze fails after the hook succeeded.
+    A hook that failed by itself is trusted to have cleaned up, as in qemu-ga."""
+    try:
+        run_fsfreeze_hook(agent, "freeze")
+    except HookTimeout as exc:
+        try:
+            run_fsfreeze_hook(agent, "thaw")
+            undone = "its 'thaw' was run"
+        except QgaError as thaw_error:
+            undone = "running its 'thaw' failed too: " + thaw_error.desc
+        raise QgaError("%s; no file system was frozen and %s" % (exc.desc, undone))
+
+
 def freeze_filesystems(agent, mountpoints=None):
     """guest-fsfreeze-freeze(-list): hook, mount list, frozen state, then the ioctls."""
     agent.log.audit("guest-fsfreeze called")
-    run_fsfreeze_hook(agent, "freeze")
+    run_freeze_hook(agent)
     mounts = build_mount_list(agent.host)
     # Frozen before the first ioctl: from here on no log line or state write may touch a disk.
     agent.set_frozen(True)
@@ -2685,7 +2833,10 @@ def thaw_filesystems(agent):
         agent.freeze_watchdog = None
     agent.set_frozen(False)
     agent.log.audit("guest-fsthaw called")
-    run_fsfreeze_hook(agent, "thaw")
+    try:
+        run_fsfreeze_hook(agent, "thaw")
+    except HookTimeout as exc:
+        raise QgaError("%s; the file systems were thawed before it ran" % exc.desc)
     return count
 
 
@@ -4960,6 +5111,7 @@ class Config(object):
         self.block_rpcs_raw = None      # the config file's text, dumped back verbatim
         self.listen_fd = None           # systemd socket activation
         self.freeze_timeout = 0
+        self.fsfreeze_hook_timeout = DEFAULT_FSFREEZE_HOOK_TIMEOUT
 
 
 USAGE = """Usage: %(prog)s [-m <method> -p <path>] [<options>]
@@ -4981,6 +5133,9 @@ QEMU Guest Agent (qga-mini %(project)s, behaves as qemu-ga %(version)s)
                     (default is %(hook)s)
                     If using -F with an argument, do not follow -F with a
                     space. (for example: -F/var/run/fsfreezehook.sh)
+      --fsfreeze-hook-timeout SECONDS
+                    kill the hook with its process group after SECONDS
+                    (default %(hook_timeout)g; 0: wait forever, as qemu-ga)
       --freeze-timeout SECONDS
                     thaw by itself if the host has not thawed after SECONDS
                     (default 0: never, as qemu-ga)
@@ -5013,7 +5168,11 @@ _LONG_OPTS = {"--method": "-m", "--path": "-p", "--logfile": "-l", "--pidfile": 
               "--allow-rpcs": "-a", "--config": "-c", "--verbose": "-v", "--version": "-V",
               "--daemonize": "-d", "--dump-conf": "-D", "--retry-path": "-r", "--help": "-h",
               "--fsfreeze-hook": "-F", "--device": "--device",
-              "--freeze-timeout": "--freeze-timeout", "--self-test": "--self-test"}
+              "--freeze-timeout": "--freeze-timeout", "--self-test": "--self-test",
+              "--fsfreeze-hook-timeout": "--fsfreeze-hook-timeout"}
+# Ours, not qemu-ga's: an abbreviation that also fits one of qemu-ga's means qemu-ga's.
+_OWN_LONG_OPTS = ("--device", "--freeze-timeout", "--self-test", "--fsfreeze-hook-timeout")
+_OWN_OPTS_WITH_ARG = ("--freeze-timeout", "--fsfreeze-hook-timeout")
 _FLAGS = set("vVdDrh")
 
 
@@ -5038,12 +5197,14 @@ def parse_args(argv):
             matches = [l for l in _LONG_OPTS if l.startswith(name)]
             if name in _LONG_OPTS:
                 matches = [name]
+            elif len(matches) > 1:
+                matches = [l for l in matches if l not in _OWN_LONG_OPTS] or matches
             if len(matches) != 1:
                 raise UsageError("unrecognized option '%s'" % arg)
             short = _LONG_OPTS[matches[0]]
             if short in ("-F",):
                 opts.append(("-F", value if eq else None))
-            elif short in _OPTS_WITH_ARG or short == "--freeze-timeout":
+            elif short in _OPTS_WITH_ARG or short in _OWN_OPTS_WITH_ARG:
                 if not eq:
                     if not args:
                         raise UsageError("option '%s' requires an argument" % matches[0])
@@ -5109,14 +5270,19 @@ def _keyfile_bool(value, key, path):
 
 
 def load_config_file(config, path, required, log):
+    """Apply the [general] keys of ``path``; a missing file is an error only if ``required``.
+    A file another user could have written is refused (untrusted_file_reason)."""
     try:
         with open(path, "rb") as f:
+            why = untrusted_file_reason(os.fstat(f.fileno()))
             text = f.read().decode("utf-8", "replace")
     except (OSError, IOError) as exc:
         if not required and exc.errno == errno.ENOENT:
             return
         raise UsageError("error loading configuration from path: %s, %s"
                          % (path, os_error_text(exc)))
+    if why:
+        raise UsageError("refusing configuration file '%s': %s" % (path, why))
     general = parse_keyfile(text, path).get("general", {})
     for key, value in general.items():
         if key in ("daemon", "verbose", "retry-path"):
@@ -5133,17 +5299,18 @@ def load_config_file(config, path, required, log):
             config.block_rpcs.extend(split_rpc_list(value))
         elif key == "allow-rpcs":
             config.allow_rpcs.extend(split_rpc_list(value))
-        elif key == "freeze-timeout":
-            config.freeze_timeout = _parse_seconds(value)
+        elif key in ("freeze-timeout", "fsfreeze-hook-timeout"):
+            setattr(config, key.replace("-", "_"), _parse_seconds(value, key))
 
 
-def _parse_seconds(text):
+def _parse_seconds(text, name):
+    """A number of seconds for option or key ``name``: finite, not negative."""
     try:
         value = float(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise UsageError("invalid freeze timeout '%s'" % text)
+    if not 0 <= value < float("inf"):
+        raise UsageError("invalid %s '%s': a number of seconds, 0 or more" % (name, text))
     return value
 
 
@@ -5163,8 +5330,12 @@ def dump_config(config):
     lines.append("block-rpcs=%s" % ",".join(([blocked] if blocked else []) + extra))
     if config.allow_rpcs:
         lines.append("allow-rpcs=%s" % ",".join(config.allow_rpcs))
+    # Our own keys come last, and only when set away from their default, so that a default
+    # configuration dumps exactly as qemu-ga's does.
     if config.freeze_timeout:
         lines.append("freeze-timeout=%g" % config.freeze_timeout)
+    if config.fsfreeze_hook_timeout != DEFAULT_FSFREEZE_HOOK_TIMEOUT:
+        lines.append("fsfreeze-hook-timeout=%g" % config.fsfreeze_hook_timeout)
     return "\n".join(lines) + "\n"
 
 
@@ -5172,10 +5343,15 @@ def build_config(argv, environ, log):
     """The Config and the action ("run", "dump", "version", "help", "list", "self-test")."""
     opts = parse_args(argv)
     config = Config()
+    # As qemu-ga 10.x: the last -c, which must exist; else $QGA_CONF or the default file,
+    # either of which may be missing (qemu-ga 7.2 has no -c and reads $QGA_CONF so).
     cli_config = [value for opt, value in opts if opt == "-c"]
-    path = environ.get("QGA_CONF") or (cli_config[-1] if cli_config else DEFAULT_CONFIG_PATH)
-    load_config_file(config, path, required=bool(environ.get("QGA_CONF") or cli_config),
-                     log=log)
+    if cli_config:
+        path = cli_config[-1]
+    else:
+        path = environ.get("QGA_CONF")
+        path = DEFAULT_CONFIG_PATH if path is None else path
+    load_config_file(config, path, required=bool(cli_config), log=log)
     action = "run"
     for opt, value in opts:
         if opt == "-m":
@@ -5198,8 +5374,8 @@ def build_config(argv, environ, log):
             config.daemon = True
         elif opt == "-r":
             config.retry_path = True
-        elif opt == "--freeze-timeout":
-            config.freeze_timeout = _parse_seconds(value)
+        elif opt in _OWN_OPTS_WITH_ARG:
+            setattr(config, opt[2:].replace("-", "_"), _parse_seconds(value, opt))
         elif opt in ("-b", "-a"):
             if value in ("help", "?"):
                 action = "list"
@@ -5419,6 +5595,7 @@ def main(argv=None, environ=None):
         if action == "help":
             print(USAGE % {"prog": prog, "project": __project_version__, "version": __version__,
                            "pidfile": DEFAULT_PIDFILE, "hook": DEFAULT_FSFREEZE_HOOK,
+                           "hook_timeout": DEFAULT_FSFREEZE_HOOK_TIMEOUT,
                            "statedir": DEFAULT_STATEDIR, "config": DEFAULT_CONFIG_PATH})
             return 0
         if action == "list":

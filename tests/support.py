@@ -9,6 +9,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -232,6 +233,9 @@ class AgentHarness(LineClient):
         self.sock.close()
         self.devnull.close()
         self.agent.shutdown()
+        # guest-exec children outlive an agent (as under qemu-ga); here they are ours.
+        stop_process(*[child.proc for child in self.agent.exec_children.values()],
+                     close_pipes=False)
         try:
             self.server.close()
         except OSError:
@@ -243,6 +247,63 @@ class AgentHarness(LineClient):
 
     def __exit__(self, *exc):
         self.close()
+
+
+STOP_GRACE = 10.0      # seconds a process gets to exit after SIGTERM, and again after SIGKILL
+
+
+def stop_process(*procs, grace=STOP_GRACE, group=False, close_pipes=True):
+    """Tear down processes a test started: SIGTERM to all, at most ``grace`` seconds for
+    them to exit, then SIGKILL to those left and another bounded wait.  Each is a Popen (it
+    is reaped and its pipes closed) or the pid of a process that is not our child (a
+    daemon); with ``group`` each whole process group is signalled; without ``close_pipes``
+    the pipes are left to whoever reads them (a guest-exec watcher).  Never raises: teardown
+    must not fail a test, and nothing is waited for without a bound.  Returns the exit
+    status of the last one (for a pid: True once gone); None if it would not die."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = [proc for proc in procs if not process_exited(proc)]
+        if not left:
+            break
+        for proc in left:
+            try:
+                if isinstance(proc, int) or group:
+                    pid = proc if isinstance(proc, int) else proc.pid
+                    (os.killpg if group else os.kill)(pid, sig)
+                else:
+                    proc.send_signal(sig)       # nothing if it has been reaped meanwhile
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not all(process_exited(p) for p in left):
+            time.sleep(0.02)
+    for proc in procs if close_pipes else ():
+        if not isinstance(proc, int):
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+    if not procs:
+        return None
+    last = procs[-1]
+    if isinstance(last, int):
+        return True if process_exited(last) else None
+    return last.returncode
+
+
+def process_exited(proc):
+    """Whether a Popen has exited (it is then reaped), or a pid is gone or a zombie."""
+    if not isinstance(proc, int):
+        try:
+            return proc.poll() is not None
+        except OSError:
+            return True
+    try:
+        with open("/proc/%d/stat" % proc) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def connect_unix(path, wait=10.0):
@@ -291,15 +352,9 @@ class AgentProcess(object):
             return f.read().decode("utf-8", "replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc)
         self.stderr.close()
-        return self.proc.returncode
+        return status
 
     def close(self):
         for sock in self.sockets:

@@ -13,7 +13,7 @@ import tempfile
 import unittest
 
 from tests.support import (FIXTURES, AgentHarness, LineClient, connect_unix,  # noqa: F401
-                           qga_mini)
+                           qga_mini, stop_process)
 
 SYSTEM = os.path.join(FIXTURES, "system", "cpus-net")
 sys.path.insert(0, SYSTEM)
@@ -100,6 +100,10 @@ def golden(profile, command):
         return f.read().rstrip("\n")
 
 
+# qemu-ga 7.2 sometimes sits on a SIGTERM for many seconds: it is killed after this.
+ORACLE_STOP_GRACE = 3.0
+
+
 class QemuGa(object):
     """qemu-ga -m unix-listen in a temp dir; ``prefix`` runs it elsewhere (ip netns exec)."""
 
@@ -112,9 +116,13 @@ class QemuGa(object):
                                                      os.path.join(self.tmp, "state")],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        if self.proc.poll() is not None:
-            raise RuntimeError("qemu-ga did not start")
-        self.client = LineClient(connect_unix(sock_path))
+        try:
+            if self.proc.poll() is not None:
+                raise RuntimeError("qemu-ga did not start")
+            self.client = LineClient(connect_unix(sock_path))
+        except BaseException:
+            self.close()
+            raise
 
     def raw(self, name):
         """The reply line to ``name``, as text."""
@@ -125,9 +133,9 @@ class QemuGa(object):
         return json.loads(self.raw(name))["return"]
 
     def close(self):
-        self.client.sock.close()
-        self.proc.terminate()
-        self.proc.wait(10)
+        if getattr(self, "client", None) is not None:
+            self.client.sock.close()
+        stop_process(self.proc, grace=ORACLE_STOP_GRACE)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -14,6 +14,8 @@ import tempfile
 import time
 import unittest
 
+from tests.support import stop_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "bench.py")
 AGENT = os.path.join(ROOT, "qga_mini.py")
@@ -56,8 +58,7 @@ def agent_cannot_start(timeout=5.0):
             finally:
                 s.close()
     finally:
-        proc.kill()
-        proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

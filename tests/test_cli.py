@@ -6,7 +6,8 @@ import tempfile
 import time
 import unittest
 
-from tests.support import AGENT, PYTHON, AgentProcess, qga_mini
+from tests.support import AGENT, PYTHON, AgentProcess, qga_mini, stop_process
+from tests.system_support import QEMU_GA
 
 TEST_QGA_CONFIG = """[general]
 daemon=false
@@ -118,6 +119,62 @@ class ConfigFile(unittest.TestCase):
         status, _, err = agent("-D", env={"QGA_CONF": self.write("[general]\ndaemon=maybe\n")})
         self.assertEqual(status, 1)
 
+    def test_missing_QGA_CONF_file_is_ignored_as_qemu_ga_7_2(self):
+        # Only -c (qemu-ga 10.x) makes the file required; -c also wins over $QGA_CONF.
+        env = {"QGA_CONF": "/nonexistent/qga.conf"}
+        status, out, err = agent("-D", env=env)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, agent("-D", env={"QGA_CONF": self.write("")})[1])
+        if QEMU_GA:
+            oracle = subprocess.run([QEMU_GA, "-D"], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    timeout=30)
+            self.assertEqual((oracle.returncode, oracle.stdout.decode(), oracle.stderr),
+                             (0, out, b""))
+        conf = self.write("[general]\nmethod=isa-serial\n")
+        self.assertIn("method=isa-serial\n", agent("-c", conf, "-D", env=env)[1])
+        status, _, err = agent("-c", "/nonexistent/other.conf", "-D", env={"QGA_CONF": conf})
+        self.assertEqual(status, 1)
+        self.assertIn("error loading configuration from path: /nonexistent/other.conf, No such "
+                      "file or directory", err)
+
+    def test_config_others_can_write_is_refused_in_one_line(self):
+        for mode in (0o666, 0o620, 0o602):
+            with self.subTest(mode=oct(mode)):
+                conf = self.write("[general]\nmethod=isa-serial\n")
+                os.chmod(conf, mode)
+                for env, args in (({"QGA_CONF": conf}, ["-D"]), ({}, ["-c", conf, "-D"])):
+                    status, out, err = agent(*args, env=env)
+                    self.assertEqual((status, out), (1, ""))
+                    self.assertEqual(err, "qga_mini.py: refusing configuration file '%s': mode "
+                                     "%04o lets other users write it\n" % (conf, mode))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file to another user")
+    def test_config_of_another_user_is_refused(self):
+        conf = self.write("[general]\n")
+        os.chown(conf, 4242, 4242)
+        status, out, err = agent("-D", env={"QGA_CONF": conf})
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "qga_mini.py: refusing configuration file '%s': it is owned by "
+                         "uid 4242 (mode 0600), neither root nor the agent's user\n" % conf)
+        self.assertEqual(agent("-D", env={"QGA_CONF": "/dev/null"})[0], 0)   # not judged
+
+    def test_fsfreeze_hook_timeout_option_key_and_dump(self):
+        self.assertNotIn("fsfreeze-hook-timeout", agent("-D", "-F")[1])     # the default, 60
+        out = agent("--fsfreeze-hook-timeout", "0", "-D")[1]
+        self.assertTrue(out.endswith("block-rpcs=\nfsfreeze-hook-timeout=0\n"), out)
+        conf = self.write("[general]\nfsfreeze-hook-timeout=2.5\n")
+        self.assertIn("fsfreeze-hook-timeout=2.5\n", agent("-D", env={"QGA_CONF": conf})[1])
+        self.assertIn("fsfreeze-hook-timeout=7\n",
+                      agent("--fsfreeze-hook-t=7", "-D", env={"QGA_CONF": conf})[1])
+        for bad in ("-1", "abc", "inf", "nan"):
+            status, out, err = agent("--fsfreeze-hook-timeout", bad, "-D")
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(err, "qga_mini.py: invalid --fsfreeze-hook-timeout '%s': a number "
+                             "of seconds, 0 or more\n" % bad)
+        # --fsfreeze stays qemu-ga's --fsfreeze-hook, not an ambiguous abbreviation
+        self.assertIn("fsfreeze-hook=/etc/qemu/fsfreeze-hook\n", agent("--fsfreeze", "-D")[1])
+
     def test_deprecated_blacklist_key_replaces_block_rpcs(self):
         conf = self.write("[general]\nblock-rpcs=guest-info\nblacklist=guest-ping\n")
         status, out, err = agent("-D", env={"QGA_CONF": conf})
@@ -171,13 +228,14 @@ class Running(unittest.TestCase):
         sock, pidfile = os.path.join(tmp, "s"), os.path.join(tmp, "pid")
         args = [PYTHON, AGENT, "-d", "-m", "unix-listen", "-p", sock, "-f", pidfile,
                 "-t", os.path.join(tmp, "state")]
-        self.assertEqual(subprocess.call(args), 0)
+        self.assertEqual(subprocess.call(args, timeout=60), 0)
         deadline = time.time() + 10
         while not (os.path.exists(pidfile) and os.path.getsize(pidfile)):
             self.assertLess(time.time(), deadline)
             time.sleep(0.02)
         with open(pidfile) as f:
             pid = int(f.read())
+        self.addCleanup(stop_process, pid)
         self.assertEqual(os.stat(pidfile).st_mode & 0o777, 0o600)
         with open("/proc/%d/status" % pid) as f:
             self.assertIn("Umask:\t0077", f.read())
@@ -213,8 +271,7 @@ class SocketActivation(unittest.TestCase):
             self.assertEqual(client.recv(100), b'{"return": 9}\n')
             client.close()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
             listener.close()
             if duplicated:
                 os.close(3)

@@ -16,6 +16,8 @@ import tempfile
 import time
 import unittest
 
+from tests.support import stop_process
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRIB = os.path.join(TOP, "contrib")
 VM = os.path.join(TOP, "tests", "vm")
@@ -140,7 +142,14 @@ class UdevRule(unittest.TestCase):
 
 
 class FsfreezeHook(unittest.TestCase):
-    """The hook.d runner: order, ignored names, failures, reverse order on thaw."""
+    """The hook.d runner: order, ignored names, failures, reverse order on thaw, scripts
+    others could write.  Run by /bin/sh here; the subclasses run it under dash, busybox sh
+    and bash (QEMU 10.0's sample hook breaks under dash)."""
+
+    SHELL = ["sh"]
+
+    def hook_run(self, action):
+        return run(self.SHELL + [self.hook, action])
 
     def setUp(self):
         self.dir = tempfile.mkdtemp()
@@ -169,8 +178,8 @@ class FsfreezeHook(unittest.TestCase):
     def test_runs_scripts_in_order_and_reverse_on_thaw(self):
         for name in ("10-db", "20 with space", "30-app"):
             self.script(name)
-        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
-        self.assertEqual(run(["sh", self.hook, "thaw"]).returncode, 0)
+        self.assertEqual(self.hook_run("freeze").returncode, 0)
+        self.assertEqual(self.hook_run("thaw").returncode, 0)
         self.assertEqual(self.calls(), ["10-db freeze", "20 with space freeze", "30-app freeze",
                                         "30-app thaw", "20 with space thaw", "10-db thaw"])
         self.assertIn("finished successfully", read(self.log))
@@ -181,20 +190,62 @@ class FsfreezeHook(unittest.TestCase):
                      "h.dpkg-old", "i.dpkg-dist"):
             self.script(name)
         self.script("j-not-executable", executable=False)
-        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
+        self.assertEqual(self.hook_run("freeze").returncode, 0)
         self.assertEqual(self.calls(), ["10-run freeze"])
 
     def test_a_failing_script_fails_the_hook_but_the_others_run(self):
         self.script("10-fails", status=3)
         self.script("20-ok")
-        p = run(["sh", self.hook, "freeze"])
+        p = self.hook_run("freeze")
         self.assertEqual(p.returncode, 3)
         self.assertEqual(self.calls(), ["10-fails freeze", "20-ok freeze"])
         self.assertIn("error: ", read(self.log))
 
+    def test_scripts_others_could_write_are_skipped_and_logged(self):
+        for name, mode in (("10-group-writable", 0o775), ("20-world-writable", 0o757),
+                           ("30-ok", 0o750)):
+            self.script(name)
+            os.chmod(os.path.join(self.dir, "fsfreeze-hook.d", name), mode)
+        self.assertEqual(self.hook_run("freeze").returncode, 0)
+        self.assertEqual(self.hook_run("thaw").returncode, 0)
+        self.assertEqual(self.calls(), ["30-ok freeze", "30-ok thaw"])
+        log = read(self.log)
+        for name, mode in (("10-group-writable", "-rwxrwxr-x"),
+                           ("20-world-writable", "-rwxr-xrwx")):
+            self.assertIn("skipping %s/fsfreeze-hook.d/%s: mode %s lets other users write it"
+                          % (self.dir, name, mode), log)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file to another user")
+    def test_scripts_of_another_user_are_skipped_and_logged(self):
+        self.script("10-alice")
+        self.script("20-root")
+        os.chown(os.path.join(self.dir, "fsfreeze-hook.d", "10-alice"), 4242, 4242)
+        self.assertEqual(self.hook_run("freeze").returncode, 0)
+        self.assertEqual(self.calls(), ["20-root freeze"])
+        self.assertIn("skipping %s/fsfreeze-hook.d/10-alice: it is owned by uid 4242 (mode "
+                      "-rwxr-xr-x), neither root nor uid 0" % self.dir, read(self.log))
+
     def test_no_hook_dir_is_success(self):
         os.rmdir(os.path.join(self.dir, "fsfreeze-hook.d"))
-        self.assertEqual(run(["sh", self.hook, "freeze"]).returncode, 0)
+        self.assertEqual(self.hook_run("freeze").returncode, 0)
+
+
+class FsfreezeHookDash(FsfreezeHook):
+    def setUp(self):
+        self.SHELL = [need("dash")]
+        FsfreezeHook.setUp(self)
+
+
+class FsfreezeHookBusybox(FsfreezeHook):
+    def setUp(self):
+        self.SHELL = [need("busybox"), "sh"]
+        FsfreezeHook.setUp(self)
+
+
+class FsfreezeHookBash(FsfreezeHook):
+    def setUp(self):
+        self.SHELL = [need("bash"), "--posix"]
+        FsfreezeHook.setUp(self)
 
 
 class InitScript(unittest.TestCase):
@@ -296,9 +347,8 @@ class Launcher(unittest.TestCase):
         env.pop("PYTHONHASHSEED", None)
         agent = subprocess.Popen([self.launcher, "-m", "stdio", "-t", self.dir], env=env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.addCleanup(agent.wait, 10)
-        self.addCleanup(agent.stdout.close)
-        self.addCleanup(agent.stdin.close)
+        self.addCleanup(stop_process, agent)
+        self.addCleanup(agent.stdin.close)         # end of input: the agent exits by itself
 
         def call(name, **arguments):
             agent.stdin.write(json.dumps({"execute": name, "arguments": arguments}).encode())

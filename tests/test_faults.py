@@ -18,7 +18,8 @@ import unittest
 
 from tests.hostile import MACHINE_COMMANDS, fixture_guest
 from tests.procstat import zombies
-from tests.support import AGENT, PYTHON, AgentHarness, AgentProcess, LineClient, qga_mini
+from tests.support import (AGENT, PYTHON, AgentHarness, AgentProcess, LineClient, qga_mini,
+                           stop_process)
 
 BLOCKED = ",".join(name for name in MACHINE_COMMANDS if name not in ("guest-exec",
                                                                       "guest-file-open"))
@@ -235,8 +236,7 @@ class Sigterm(FaultTestCase):
         statedir = os.path.join(self.tmp, "stdio-state")
         proc = subprocess.Popen([PYTHON, AGENT, "-m", "stdio", "-t", statedir],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.addCleanup(proc.wait)
-        self.addCleanup(proc.kill)
+        self.addCleanup(stop_process, proc)
         proc.stdin.write(b'{"execute":"guest-ping"}')
         proc.stdin.flush()
         self.assertEqual(proc.stdout.readline(), b'{"return": {}}\n')

@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import time
 import unittest
+import unittest.mock
 
-from tests.support import AGENT, PYTHON, AgentHarness, AgentProcess, qga_mini
+from tests.support import (AGENT, PYTHON, AgentHarness, AgentProcess, process_exited, qga_mini,
+                           stop_process)
 
 FROZEN = "Command %s has been disabled: the agent is in frozen state"
 
@@ -44,12 +46,13 @@ class LoopFs(object):
         if not os.path.ismount(self.path) or st.st_dev == os.stat(root).st_dev:
             raise AssertionError("%s is not mounted" % self.path)
         self.major, self.minor = os.major(st.st_dev), os.minor(st.st_dev)
+        self.writers = []
 
     @staticmethod
     def run(argv):
         try:
-            subprocess.check_output(argv, stderr=subprocess.STDOUT)
-        except (OSError, subprocess.CalledProcessError) as exc:
+            subprocess.check_output(argv, stderr=subprocess.STDOUT, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
             raise unittest.SkipTest("cannot set up a loop file system (%s): %s"
                                     % (" ".join(argv), getattr(exc, "output", exc)))
 
@@ -70,13 +73,17 @@ class LoopFs(object):
 
     def close(self):
         self.thaw()
-        subprocess.call(["umount", self.path])
+        for writer in self.writers:        # thawed: nothing can keep them from exiting now
+            stop_process(writer)
+        subprocess.call(["umount", self.path], timeout=60)
 
     def writer(self, name="probe"):
         """A child process that creates and fsyncs a file here (it blocks while frozen)."""
         code = ("import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
                 "os.write(fd, b'data')\nos.fsync(fd)\n")
-        return subprocess.Popen([PYTHON, "-c", code, os.path.join(self.path, name)])
+        writer = subprocess.Popen([PYTHON, "-c", code, os.path.join(self.path, name)])
+        self.writers.append(writer)
+        return writer
 
     def assert_writable(self, test):
         child = self.writer("writable")
@@ -253,6 +260,111 @@ class FreezeTest(unittest.TestCase):
                           "directory" % missing))
         self.assertEqual(h2.call("guest-fsfreeze-status"), "thawed")
 
+    # -- the hook's time limit --------------------------------------------------------------
+
+    def sleeper(self, when):
+        """Hook code that, on ``when`` (freeze or thaw), starts a sleeper in the background
+        (holding the hook's stdout), writes its pid to sleeper.pid and waits for it."""
+        self.pidfile = os.path.join(self.tmp, "sleeper.pid")
+        self.addCleanup(self.kill_sleeper)
+        return ('[ "$1" = %s ] && { sleep 300 & echo $! >%s; wait; }; exit 0'
+                % (when, self.pidfile))
+
+    def kill_sleeper(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read())
+        except (IOError, ValueError):
+            return
+        stop_process(pid)
+
+    def assert_sleeper_killed(self):
+        with open(self.pidfile) as f:
+            pid = int(f.read())
+        deadline = time.monotonic() + 10
+        while not process_exited(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(process_exited(pid), "the hook's child survived the timeout")
+
+    def test_hook_that_hangs_on_freeze_is_killed_and_nothing_stays_frozen(self):
+        hook = self.hook(self.sleeper("freeze"))
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=2)
+        self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'freeze' within 2 seconds and "
+            "was killed with its process group; no file system was frozen and its 'thaw' was "
+            "run" % hook))
+        self.assert_sleeper_killed()
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+        self.xfs.assert_writable(self)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+        self.assertEqual(h.call("guest-ping"), {})
+
+    def test_hook_that_hangs_on_freeze_and_on_thaw(self):
+        hook = self.hook("sleep 300")
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=1)
+        self.assertEqual(h.error("guest-fsfreeze-freeze-list", mountpoints=["/mnt/ext4"]), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'freeze' within 1 seconds and "
+            "was killed with its process group; no file system was frozen and running its "
+            "'thaw' failed too: fsfreeze hook '%s' did not finish 'thaw' within 1 seconds and "
+            "was killed with its process group" % (hook, hook)))
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+
+    def test_hook_that_hangs_on_thaw_is_killed_after_the_thaw(self):
+        hook = self.hook(self.sleeper("thaw"))
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=2)
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.error("guest-fsfreeze-thaw"), (
+            "GenericError", "fsfreeze hook '%s' did not finish 'thaw' within 2 seconds and "
+            "was killed with its process group; the file systems were thawed before it ran"
+            % hook))
+        self.assert_sleeper_killed()
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.ext4.assert_writable(self)
+        self.xfs.assert_writable(self)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+
+    def test_hook_leaving_a_child_that_holds_its_output(self):
+        # The hook exits at once; its child keeps stdout open for 300 s.  The agent reads
+        # until the hook exits, not until end of file (the client gives up after 10 s).
+        self.pidfile = os.path.join(self.tmp, "sleeper.pid")
+        self.addCleanup(self.kill_sleeper)
+        hook = self.hook("sleep 300 & echo $! >%s; exit 0" % self.pidfile)
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=0)
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.call("guest-fsfreeze-thaw"), 2)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+        with open(self.pidfile) as f:
+            self.assertFalse(process_exited(int(f.read())))      # left alone
+
+    def test_hook_printing_10_mib(self):
+        h = self.harness(fsfreeze_hook=self.hook("head -c 10485760 /dev/zero"))
+        self.assertEqual(h.call("guest-fsfreeze-freeze"), 2)
+        self.assertEqual(h.call("guest-fsfreeze-thaw"), 2)
+        self.assertEqual(self.hook_calls(), ["freeze 0", "thaw 0"])
+
+    def test_hook_stuck_on_a_frozen_file_system_does_not_hang_the_agent(self):
+        # Its write to the xfs, frozen behind the agent's back (not in its mount table), sleeps
+        # in the kernel where SIGKILL cannot reach it: the agent waits HELPER_KILL_WAIT for it
+        # to die, then reports it and goes on.
+        self.write_mountinfo([self.ext4.mountinfo_line(40)])
+        hook = self.hook('[ "$1" = thaw ] && echo x >%s/stuck; exit 0' % self.xfs.path)
+        h = self.harness(fsfreeze_hook=hook, fsfreeze_hook_timeout=1)
+        self.assertEqual(h.call("guest-fsfreeze-freeze-list", mountpoints=["/mnt/ext4"]), 1)
+        fd = os.open(self.xfs.path, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, qga_mini.FIFREEZE, 0)    # frozen behind the agent's back
+        finally:
+            os.close(fd)
+        with unittest.mock.patch.object(qga_mini, "HELPER_KILL_WAIT", 1):
+            self.assertEqual(h.error("guest-fsfreeze-thaw"), (
+                "GenericError", "fsfreeze hook '%s' did not finish 'thaw' within 1 seconds and "
+                "was killed with its process group (it is stuck in the kernel and has not died "
+                "yet); the file systems were thawed before it ran" % hook))
+        self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.xfs.thaw()
+
     # -- the watchdog ------------------------------------------------------------------------
 
     def test_no_watchdog_by_default(self):
@@ -370,6 +482,7 @@ class FrozenProcessTest(unittest.TestCase):
         proc = subprocess.Popen([PYTHON, AGENT, "-m", "stdio", "-t", self.statedir],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
+        self.addCleanup(stop_process, proc)
         request = {"execute": "guest-fsfreeze-freeze-list",
                    "arguments": {"mountpoints": [self.fs.path]}}
         proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -379,7 +492,6 @@ class FrozenProcessTest(unittest.TestCase):
         self.assertIsNone(wait_for(writer, 0.5))
         proc.stdin.close()
         self.assertEqual(proc.wait(10), 0)
-        proc.stdout.close()
         self.assertEqual(wait_for(writer, 10), 0)
         self.assertFalse(os.path.exists(self.marker))
 
@@ -421,6 +533,35 @@ class FreezeWithoutFilesystemsTest(unittest.TestCase):
             self.assertEqual(h.error("guest-fsfreeze-freeze"),
                              ("GenericError", "fsfreeze hook has failed with status 1"))
             self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+
+    def write_hook(self, mode, uid=None):
+        path = os.path.join(self.root, "hook")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\necho ran >>%s/hook-ran\n" % self.root)
+        os.chmod(path, mode)
+        if uid is not None:
+            os.chown(path, uid, uid)
+        return path
+
+    def test_hook_others_can_write_is_refused(self):
+        for mode in (0o777, 0o775, 0o757):
+            with self.subTest(mode=oct(mode)):
+                hook = self.write_hook(mode)
+                with AgentHarness(host_root=self.root, fsfreeze_hook=hook) as h:
+                    self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+                        "GenericError", "refusing fsfreeze hook '%s': mode %04o lets other "
+                        "users write it" % (hook, mode)))
+                    self.assertEqual(h.call("guest-fsfreeze-status"), "thawed")
+        self.assertFalse(os.path.exists(os.path.join(self.root, "hook-ran")))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file to another user")
+    def test_hook_of_another_user_is_refused(self):
+        hook = self.write_hook(0o755, uid=4242)
+        with AgentHarness(host_root=self.root, fsfreeze_hook=hook) as h:
+            self.assertEqual(h.error("guest-fsfreeze-freeze"), (
+                "GenericError", "refusing fsfreeze hook '%s': it is owned by uid 4242 (mode "
+                "0755), neither root nor the agent's user" % hook))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "hook-ran")))
 
     def test_fstrim_open_error(self):
         with AgentHarness(host_root=self.root) as h:

@@ -17,7 +17,9 @@ import unittest
 from unittest import mock
 
 from tests.guestroot import GuestRoot, allow_machine_changes, forbid_machine_changes
-from tests.support import FIXTURES, AgentHarness, AgentProcess, needs_root, qga_mini
+from tests.support import (FIXTURES, AgentHarness, AgentProcess, needs_root, qga_mini,
+                           stop_process)
+from tests.system_support import ORACLE_STOP_GRACE
 
 IDENTITY = os.path.join(FIXTURES, "identity")
 TEST_QGA_OS_RELEASE = os.path.join(IDENTITY, "test-qga-os-release")
@@ -361,9 +363,7 @@ class SetUserPassword(unittest.TestCase):
                                    "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
                                    "print('locked', flush=True)\ntime.sleep(30)\n", lock],
                                   stdout=subprocess.PIPE)
-        self.addCleanup(holder.stdout.close)
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.kill)
+        self.addCleanup(stop_process, holder)
         self.assertEqual(holder.stdout.readline(), b"locked\n")
         h = self.agent()
         with mock.patch.object(qga_mini, "PASSWD_LOCK_TIMEOUT", 0.3):
@@ -385,8 +385,7 @@ class SideBySideWithQemuGa(unittest.TestCase):
         oracle = subprocess.Popen(["qemu-ga", "-m", "unix-listen", "-p", sock_path, "-t", tmp],
                                   env=environ, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        self.addCleanup(oracle.wait)
-        self.addCleanup(oracle.terminate)
+        self.addCleanup(stop_process, oracle, grace=ORACLE_STOP_GRACE)
         ours = AgentProcess(env=environ)
         self.addCleanup(ours.close)
         deadline = time.time() + 10

@@ -33,6 +33,10 @@ class Limits(unittest.TestCase):
         self.assertEqual(qga_mini.MAX_EXEC_PROCESSES, 256)
         self.assertEqual(qga_mini.MAX_FILE_HANDLES, 1024)
         self.assertEqual(qga_mini.MAX_PENDING_OUTPUT, 1 << 20)
+        self.assertEqual(qga_mini.DEFAULT_FSFREEZE_HOOK_TIMEOUT, 60)
+        self.assertEqual(qga_mini.HELPER_TIMEOUT, 120)
+        self.assertEqual(qga_mini.HELPER_OUTPUT_KEPT, 4096)
+        self.assertEqual(qga_mini.HELPER_KILL_WAIT, 5)
 
     def test_nesting_limit(self):
         depth = qga_mini.MAX_NESTING

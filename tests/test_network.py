@@ -16,7 +16,8 @@ import tempfile
 import unittest
 import uuid
 
-from tests.support import AGENT, PYTHON, AgentHarness, LineClient, needs_root, qga_mini
+from tests.support import (AGENT, PYTHON, AgentHarness, LineClient, needs_root, qga_mini,
+                           stop_process)
 from tests.system_support import (QEMU_GA, GuestTree, QemuGa, TreeCase, call_on, connect_unix,
                                   encode_return, golden, make_guest)
 
@@ -270,8 +271,7 @@ class LiveAgainstQemuGa(unittest.TestCase):
             sock.close()
             return line
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -16,7 +16,8 @@ import tempfile
 import time
 import unittest
 
-from tests.support import AGENT, PYTHON, connect_unix
+from tests.support import AGENT, PYTHON, connect_unix, stop_process
+from tests.system_support import ORACLE_STOP_GRACE
 
 QEMU_GA = "/usr/sbin/qemu-ga"
 HELLO_B64 = base64.b64encode(b"Hello World!\n\x00").decode()
@@ -43,8 +44,7 @@ class RawAgent(object):
                 time.sleep(0.01)
             self.sock = connect_unix(path)
         except BaseException:
-            self.proc.kill()
-            self.proc.wait()
+            stop_process(self.proc, grace=ORACLE_STOP_GRACE)
             raise
         self.sock.settimeout(30)
         self.buf = b""
@@ -64,12 +64,7 @@ class RawAgent(object):
 
     def close(self):
         self.sock.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:   # qemu-ga sometimes sits on SIGTERM for long
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace=ORACLE_STOP_GRACE)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

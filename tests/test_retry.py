@@ -8,7 +8,7 @@ import time
 import tty
 import unittest
 
-from tests.support import AGENT, PYTHON, LineClient, connect_unix, qga_mini
+from tests.support import AGENT, PYTHON, LineClient, connect_unix, qga_mini, stop_process
 
 
 class RetryPath(unittest.TestCase):
@@ -21,8 +21,7 @@ class RetryPath(unittest.TestCase):
         proc = subprocess.Popen([PYTHON, AGENT, "-t", self.state] + list(args),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        self.addCleanup(proc.stderr.close)
-        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        self.addCleanup(stop_process, proc)
         return proc
 
     def test_without_retry_a_missing_channel_is_fatal(self):
@@ -76,7 +75,7 @@ class DeviceDiscovery(unittest.TestCase):
         self.addCleanup(shutil.rmtree, tmp)
         proc = subprocess.Popen([PYTHON, AGENT, "--device", "-t", tmp], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(proc.stderr.close)
+        self.addCleanup(stop_process, proc)
         line = proc.stderr.readline().decode()
         self.assertIn("virtio port org.qemu.guest_agent.0 not found (tried "
                       "/dev/virtio-ports/org.qemu.guest_agent.0, "

@@ -13,7 +13,8 @@ import time
 import unittest
 from unittest import mock
 
-from tests.support import AGENT, PYTHON, SCHEMA, AgentProcess, make_config, qga_mini
+from tests.support import (AGENT, PYTHON, SCHEMA, AgentProcess, make_config, qga_mini,
+                           stop_process)
 
 # What qemu-ga's schema declares read-only, by reading it: these and no other commands may run.
 READ_ONLY = {
@@ -304,8 +305,7 @@ class ClientProtocol(unittest.TestCase):
                                   os.path.join(self.tmp, "state")], stdin=master,
                                  stdout=master, stderr=subprocess.DEVNULL)
         os.close(master)
-        self.addCleanup(agent.wait, 10)
-        self.addCleanup(agent.kill)
+        self.addCleanup(stop_process, agent)
         status, out, err = client(device, "guest-sync", '{"id": 7}')
         self.assertEqual((status, out), (0, "7\n"), err)
 

@@ -12,7 +12,7 @@ import unittest
 from unittest import mock
 
 from tests.guestroot import GuestRoot, allow_machine_changes, forbid_machine_changes
-from tests.support import AgentHarness, qga_mini
+from tests.support import AgentHarness, process_exited, qga_mini
 
 _patchers = []
 
@@ -181,6 +181,24 @@ class AdjtimeParser(unittest.TestCase):
         self.assertFalse(qga_mini.parse_adjtime_local(None))
 
 
+def process_gone(pid, wait=10.0):
+    """True once ``pid`` has exited (gone, or a zombie waiting for init), within ``wait``."""
+    deadline = time.monotonic() + wait
+    while not process_exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process_exited(pid)
+
+
+def release_fifo(path):
+    """Let a process blocked opening FIFO ``path`` for reading go on (none there: nothing)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    os.write(fd, b"go\n")
+    os.close(fd)
+
+
 class Helpers(unittest.TestCase):
     """find_helper() and run_helper(): how every helper program is found and run."""
 
@@ -210,11 +228,40 @@ class Helpers(unittest.TestCase):
         self.assertEqual(output, "out\nerr\n")
         self.assertEqual(self.guest.calls(), ["tool -e", "stdin:user:pass"])
 
-    def test_without_a_temporary_directory_the_output_is_dropped(self):
-        self.guest.standin("/bin/tool", status=4, script="echo out")
-        with mock.patch("tempfile.TemporaryFile", side_effect=OSError(30, "Read-only")):
-            self.assertEqual(qga_mini.run_helper(self.host(), ["tool"]), (4, ""))
-        self.assertEqual(self.guest.calls(), ["tool "])
+    def test_output_comes_through_a_pipe_and_only_its_head_is_kept(self):
+        # 10 MiB: read as it comes, so the helper never blocks on a full pipe; no temporary
+        # file is written.
+        self.guest.standin("/bin/tool", status=4,
+                           script="echo out; head -c 10485760 /dev/zero | tr '\\0' x")
+        status, output = qga_mini.run_helper(self.host(), ["tool"])
+        self.assertEqual(status, 4)
+        self.assertEqual(output, "out\n" + "x" * (qga_mini.HELPER_OUTPUT_KEPT - 4))
+
+    def test_output_is_read_until_the_helper_exits_not_until_end_of_file(self):
+        # The helper leaves a child holding the pipe, blocked until the test opens a FIFO:
+        # run_helper returns with what the helper printed, without waiting for the child.
+        fifo, done = self.guest.path("/release"), self.guest.path("/child-done")
+        os.mkfifo(fifo)
+        self.addCleanup(release_fifo, fifo)
+        self.guest.standin("/bin/tool", script="(read x <%s; echo late; touch %s) & echo early"
+                           % (fifo, done))
+        with mock.patch.object(qga_mini, "HELPER_TIMEOUT", 10):
+            self.assertEqual(qga_mini.run_helper(self.host(), ["tool"]), (0, "early\n"))
+        self.assertFalse(os.path.exists(done))
+
+    def test_stdin_larger_than_a_pipe_to_a_helper_that_does_not_read_it(self):
+        self.guest.standin("/bin/tool", status=5)
+        self.assertEqual(qga_mini.run_helper(self.host(), ["tool"], b"x" * (4 << 20)), (5, ""))
+
+    def test_a_timeout_kills_the_whole_process_group(self):
+        pidfile = self.guest.path("/sleeper.pid")
+        tool = self.guest.standin("/bin/tool", script="sleep 300 & echo $! >%s; echo started; wait"
+                                  % pidfile)
+        with self.assertRaises(qga_mini.ProgramTimeout) as caught:
+            qga_mini.run_program(tool, ["tool"], timeout=3)
+        self.assertTrue(caught.exception.died)
+        self.assertEqual(caught.exception.output, "started\n")
+        self.assertTrue(process_gone(int(self.guest.read("/sleeper.pid"))), "the sleeper lives")
 
     def test_a_missing_helper_is_none(self):
         self.assertIsNone(qga_mini.run_helper(self.host(), ["missing"]))
@@ -252,6 +299,16 @@ class Helpers(unittest.TestCase):
             self.assertEqual(qga_mini.run_helper(self.host(), ["hang"])[0], -9)
             self.assertEqual(qga_mini.run_helper(self.host(), ["forks"])[0], 0)
         self.assertLess(time.time() - started, 5)
+
+
+class HelpersWithoutPidfd(Helpers):
+    """The same on Python < 3.9 or Linux < 5.3: no pidfd, the exit is polled for."""
+
+    def setUp(self):
+        Helpers.setUp(self)
+        patcher = mock.patch.object(qga_mini, "_pidfd_open", None)
+        patcher.start()
+        self.addCleanup(patcher.stop)
 
 
 if __name__ == "__main__":

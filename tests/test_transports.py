@@ -15,7 +15,7 @@ import unittest
 from unittest import mock
 
 from tests.procstat import cpu_seconds
-from tests.support import AGENT, PYTHON, AgentProcess, LineClient, qga_mini
+from tests.support import AGENT, PYTHON, AgentProcess, LineClient, qga_mini, stop_process
 
 
 class Stdio(unittest.TestCase):
@@ -67,8 +67,7 @@ class SerialOverPty(unittest.TestCase):
         self.addCleanup(shutil.rmtree, tmp)
         proc = subprocess.Popen([PYTHON, AGENT, "-m", method, "-p", path, "-t", tmp],
                                 stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(proc.wait)
-        self.addCleanup(proc.kill)
+        self.addCleanup(stop_process, proc)
         if method == "isa-serial":              # the agent flushes input when it sets raw mode
             deadline = time.time() + 10
             while termios.tcgetattr(slave)[3] & termios.ICANON and time.time() < deadline:
@@ -211,8 +210,7 @@ class VsockListen(unittest.TestCase):
             self.assertEqual(LineClient(sock).call("guest-ping"), {})
             sock.close()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
 
 
 if __name__ == "__main__":
