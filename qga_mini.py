@@ -47,6 +47,98 @@ Python 3.6 or newer, Linux, nothing outside the standard library.
 __version__ = "7.2.22"   # the qemu-ga release whose behaviour this agent reproduces
 __project_version__ = "0.1.0"
 
+
+# ==============================================================================================
+# Start-up: leave the compiler's memory behind
+# ==============================================================================================
+# `python3 qga_mini.py` compiles this file before its first line runs, and CPython keeps the
+# syntax tree of a script alive until the script ends: ~12 MiB that an agent running for months
+# would carry.  (An imported module's tree is freed as soon as it is compiled: that is why
+# contrib/qga-mini imports the agent.)  So the script hands its own compiled code, already in
+# memory, to a fresh interpreter in the same process (exec keeps the PID): marshalled into an
+# anonymous memory file that the interpreter reads back and closes before anything else runs.
+# Nothing is written to disk, so there is no cache to go stale or be tampered with and no
+# writable directory is needed; where no memory file can be made, the agent runs on here.
+# It costs a second interpreter start (~6 ms here, -S) and ~1 ms of marshal; no module below
+# has been imported yet.  Only done for the script itself under CPython, never for `client`.
+
+import os   # (os and sys only: the imports below are left to the new interpreter)
+import sys
+
+HANDOVER_BOOTSTRAP = """\
+import marshal, os, sys
+fd = int(sys.argv.pop(1))
+chunks = []
+while not chunks or chunks[-1]:
+    chunks.append(os.read(fd, 1 << 20))
+os.close(fd)
+code = marshal.loads(b"".join(chunks))
+del chunks
+del sys.argv[0]
+sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
+main = type(sys)("__main__")
+main.__file__ = sys.argv[0]
+main.__handed_over__ = True
+sys.modules["__main__"] = main
+exec(code, main.__dict__)
+"""
+HANDOVER_TMPFILE_DIRS = ("/dev/shm", "/tmp")   # O_TMPFILE where memfd_create is missing
+
+
+def interpreter_options():
+    """The options python3 itself was started with (-O, -X dev, -W ...), for the new one."""
+    if hasattr(sys, "orig_argv"):    # 3.10+: exactly as given
+        return sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+    flags = sys.flags
+    options = ["-O"] * flags.optimize + ["-b"] * flags.bytes_warning + ["-v"] * flags.verbose
+    options += [option for option, on in (("-B", flags.dont_write_bytecode),
+                                          ("-E", flags.ignore_environment),
+                                          ("-s", flags.no_user_site),
+                                          ("-I", getattr(flags, "isolated", 0))) if on]
+    options += ["-W" + warning for warning in sys.warnoptions]
+    options += ["-X%s" % (k if v is True else "%s=%s" % (k, v))
+                for k, v in getattr(sys, "_xoptions", {}).items()]
+    return options
+
+
+def anonymous_file():
+    """A file descriptor of a file in memory that no other process can open, or None."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("qga-mini-code")
+        except OSError:
+            pass
+    for directory in HANDOVER_TMPFILE_DIRS:
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except (OSError, AttributeError):
+            pass
+    return None
+
+
+def hand_over_to_fresh_interpreter(module_code):
+    """Exec a new interpreter that runs module_code (this script's, compiled); return if not."""
+    import marshal
+    fd = anonymous_file()
+    if fd is None:
+        return
+    try:
+        data = memoryview(marshal.dumps(module_code))
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        os.execv(sys.executable, [sys.executable] + interpreter_options()
+                 + ["-S", "-c", HANDOVER_BOOTSTRAP, str(fd)] + sys.argv)
+    except (OSError, ValueError):
+        os.close(fd)
+
+
+if (__name__ == "__main__" and __spec__ is None and "__handed_over__" not in globals()
+        and sys.implementation.name == "cpython" and sys.executable
+        and sys.gettrace() is None and not sys.flags.inspect and sys.argv[1:2] != ["client"]):
+    hand_over_to_fresh_interpreter(sys._getframe().f_code)
+
 import base64
 import binascii
 import errno
