@@ -77,8 +77,7 @@ del chunks
 del sys.argv[0]
 sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
 main = type(sys)("__main__")
-main.__file__ = sys.argv[0]
-main.__handed_over__ = True
+main.__file__, main.__spec__, main.__handed_over__ = sys.argv[0], None, True
 sys.modules["__main__"] = main
 exec(code, main.__dict__)
 """
