@@ -60,7 +60,8 @@ __project_version__ = "0.1.0"
 # No file is left anywhere, so there is no cache to go stale or be tampered with and no
 # writable directory is needed; where no memory file can be made, the agent runs on here.
 # It costs a second interpreter start (~6 ms here, -S) and ~1 ms of marshal; no module below
-# has been imported yet.  Only done for the script itself under CPython, never for `client`.
+# has been imported yet.  Only for the script itself under CPython, not under a tracer or a
+# profiler (they would lose the agent), not for `client`.
 
 import os   # (os and sys only: the imports below are left to the new interpreter)
 import sys
@@ -135,7 +136,8 @@ def hand_over_to_fresh_interpreter(module_code):
 
 if (__name__ == "__main__" and __spec__ is None and "__handed_over__" not in globals()
         and sys.implementation.name == "cpython" and sys.executable
-        and sys.gettrace() is None and not sys.flags.inspect and sys.argv[1:2] != ["client"]):
+        and sys.gettrace() is None and sys.getprofile() is None and not sys.flags.inspect
+        and sys.argv[1:2] != ["client"]):
     hand_over_to_fresh_interpreter(sys._getframe().f_code)
 
 import base64
