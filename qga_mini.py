@@ -50,6 +50,99 @@ Python 3.6 or newer, Linux, nothing outside the standard library.
 __version__ = "7.2.22"   # the qemu-ga release whose behaviour this agent reproduces
 __project_version__ = "0.1.0"
 
+
+# ==============================================================================================
+# Start-up: leave the compiler's memory behind
+# ==============================================================================================
+# `python3 qga_mini.py` compiles this file before its first line runs, and CPython keeps the
+# syntax tree of a script alive until the script ends: ~12 MiB that an agent running for months
+# would carry.  (An imported module's tree is freed as soon as it is compiled: that is why
+# contrib/qga-mini imports the agent.)  So the script hands its own compiled code, already in
+# memory, to a fresh interpreter in the same process (exec keeps the PID): marshalled into an
+# anonymous memory file that the interpreter reads back and closes before anything else runs.
+# No file is left anywhere, so there is no cache to go stale or be tampered with and no
+# writable directory is needed; where no memory file can be made, the agent runs on here.
+# It costs a second interpreter start (~6 ms here, -S) and ~1 ms of marshal; no module below
+# has been imported yet.  Only for the script itself under CPython, not under a tracer or a
+# profiler (they would lose the agent), not for `client`.
+
+import os   # (os and sys only: the imports below are left to the new interpreter)
+import sys
+
+HANDOVER_BOOTSTRAP = """\
+import marshal, os, sys
+fd = int(sys.argv.pop(1))
+chunks = []
+while not chunks or chunks[-1]:
+    chunks.append(os.read(fd, 1 << 20))
+os.close(fd)
+code = marshal.loads(b"".join(chunks))
+del chunks
+del sys.argv[0]
+sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
+main = type(sys)("__main__")
+main.__file__, main.__spec__, main.__handed_over__ = sys.argv[0], None, True
+sys.modules["__main__"] = main
+exec(code, main.__dict__)
+"""
+HANDOVER_TMPFILE_DIRS = ("/dev/shm", "/tmp")   # O_TMPFILE where memfd_create is missing
+
+
+def interpreter_options():
+    """The options python3 itself was started with (-O, -X dev, -W ...), for the new one."""
+    if hasattr(sys, "orig_argv"):    # 3.10+: exactly as given
+        return sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+    flags = sys.flags
+    options = ["-O"] * flags.optimize + ["-b"] * flags.bytes_warning + ["-v"] * flags.verbose
+    options += [option for option, on in (("-B", flags.dont_write_bytecode),
+                                          ("-E", flags.ignore_environment),
+                                          ("-s", flags.no_user_site),
+                                          ("-I", getattr(flags, "isolated", 0))) if on]
+    options += ["-W" + warning for warning in sys.warnoptions]
+    options += ["-X%s" % (k if v is True else "%s=%s" % (k, v))
+                for k, v in getattr(sys, "_xoptions", {}).items()]
+    return options
+
+
+def anonymous_file():
+    """A file descriptor of a file in memory that no other process can open, or None."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("qga-mini-code")
+        except OSError:
+            pass
+    for directory in HANDOVER_TMPFILE_DIRS:
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except (OSError, AttributeError):
+            pass
+    return None
+
+
+def hand_over_to_fresh_interpreter(module_code):
+    """Exec a new interpreter that runs module_code (this script's, compiled); return if not."""
+    import marshal
+    fd = anonymous_file()
+    if fd is None:
+        return
+    try:
+        data = memoryview(marshal.dumps(module_code))
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        os.execv(sys.executable, [sys.executable] + interpreter_options()
+                 + ["-S", "-c", HANDOVER_BOOTSTRAP, str(fd)] + sys.argv)
+    except (OSError, ValueError):
+        os.close(fd)
+
+
+if (__name__ == "__main__" and __spec__ is None and "__handed_over__" not in globals()
+        and sys.implementation.name == "cpython" and sys.executable
+        and sys.gettrace() is None and sys.getprofile() is None and not sys.flags.inspect
+        and sys.argv[1:2] != ["client"]):
+    hand_over_to_fresh_interpreter(sys._getframe().f_code)
+
 import base64
 import binascii
 import errno
@@ -359,6 +452,10 @@ def decode_base64(text):
 # Host access: every path the agent reads goes through one object whose root tests can move
 # ==============================================================================================
 
+HOST_READ_SIZE = 1 << 16   # per read() of a /proc or /sys file: most fit in one, under malloc's
+                           # mmap threshold (a bigger buffer costs an mmap and munmap each time)
+
+
 class Host(object):
     """The guest's file system as the commands see it.
 
@@ -376,14 +473,25 @@ class Host(object):
         return path if self.root == "/" else self.root + path
 
     def read_bytes(self, path, limit=-1):
-        with open(self.path(path), "rb") as f:
-            return f.read(limit)
+        """A file's bytes (at most ``limit``) by open, read to the end and close: a Python
+        file object would add fstat, ioctl and lseek calls to every /proc and /sys read."""
+        fd = os.open(self.path(path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while limit:
+                chunk = os.read(fd, HOST_READ_SIZE if limit < 0 else min(limit, HOST_READ_SIZE))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                limit -= len(chunk) if limit > 0 else 0
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def read_text(self, path, default=None):
         """A file's text, or ``default`` if it cannot be read."""
         try:
-            with open(self.path(path), "rb") as f:
-                return f.read().decode("utf-8", "replace")
+            return self.read_bytes(path).decode("utf-8", "replace")
         except (OSError, IOError):
             return default
 
@@ -424,34 +532,40 @@ class Host(object):
             real = real[len(self.root):] or "/"
         return real
 
-    def rtnetlink_dump(self, msg_type, header):
-        """The raw replies to one rtnetlink dump request (``msg_type`` + its ``header``).
+    def rtnetlink_dumps(self, requests):
+        """The raw replies to rtnetlink dump requests, ``[(msg_type, header), ...]``, made one
+        after the other on one socket, as getifaddrs() does.
 
         The kernel's network state is not in any file, so a fixture tree keeps a captured
         dump as ``/rtnetlink/<msg_type>`` and that is read instead.  OSError on failure.
         """
         if self.root != "/":
-            return self.read_bytes("/rtnetlink/%d" % msg_type)
+            return [self.read_bytes("/rtnetlink/%d" % msg_type) for msg_type, _ in requests]
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
             sock.bind((0, 0))
-            flags = 0x301                               # NLM_F_REQUEST | NLM_F_DUMP
-            sock.sendall(struct.pack("=IHHII", 16 + len(header), msg_type, flags, 1, 0)
-                         + header)
-            chunks = []
-            while True:
-                data = sock.recv(1 << 16)               # the kernel fills at most 32 KiB
-                if not data:
-                    raise OSError(errno.EIO, os.strerror(errno.EIO))
-                chunks.append(data)
-                offset = 0
-                while offset + 16 <= len(data):         # the dump ends at DONE or ERROR
-                    length, kind = struct.unpack_from("=IH", data, offset)
-                    if kind in (NLMSG_ERROR, NLMSG_DONE) or length < 16:
-                        return b"".join(chunks)
-                    offset += (length + 3) & ~3
+            return [rtnetlink_dump_on(sock, sequence, msg_type, header)
+                    for sequence, (msg_type, header) in enumerate(requests, 1)]
         finally:
             sock.close()
+
+
+def rtnetlink_dump_on(sock, sequence, msg_type, header):
+    """Send one dump request on a bound netlink socket; its raw replies up to DONE or ERROR."""
+    flags = 0x301                               # NLM_F_REQUEST | NLM_F_DUMP
+    sock.sendall(struct.pack("=IHHII", 16 + len(header), msg_type, flags, sequence, 0) + header)
+    chunks = []
+    while True:
+        data = sock.recv(1 << 16)               # the kernel fills at most 32 KiB
+        if not data:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        chunks.append(data)
+        offset = 0
+        while offset + 16 <= len(data):         # the dump ends at DONE or ERROR
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if kind in (NLMSG_ERROR, NLMSG_DONE) or length < 16:
+                return b"".join(chunks)
+            offset += (length + 3) & ~3
 
 
 # ==============================================================================================
@@ -3190,10 +3304,15 @@ def read_nvme_smart_log(path):
     return page.tobytes()
 
 
+def uevent_node(uevent):
+    """The /dev node a block device's parsed uevent names, or None."""
+    name = uevent.get("DEVNAME")
+    return "/dev/" + name if name else None
+
+
 def block_device_node(host, sysdir):
     """The /dev node of a sysfs block device directory, or None."""
-    name = parse_uevent(host.read_text(sysdir + "/uevent", "")).get("DEVNAME")
-    return "/dev/" + name if name else None
+    return uevent_node(parse_uevent(host.read_text(sysdir + "/uevent", "")))
 
 
 def is_partition_of(disk, name):
@@ -3208,7 +3327,8 @@ def disk_info(host, name):
     """The GuestDiskInfo entries of one /sys/block entry (the disk, then its partitions), or
     [] for an empty device (size 0: an unused loop or zram device) or one without a node."""
     sysdir = SYS_BLOCK + "/" + name
-    node = block_device_node(host, sysdir)
+    uevent = parse_uevent(host.read_text(sysdir + "/uevent", ""))
+    node = uevent_node(uevent)
     if host.read_text(sysdir + "/size") in (None, "0\n") or node is None:
         return []
     disk = OrderedDict([("name", node)])
@@ -3228,7 +3348,6 @@ def disk_info(host, name):
     disk["partition"] = False
     if address is not None:
         disk["address"] = address
-    uevent = parse_uevent(host.read_text(sysdir + "/uevent", ""))
     udev = udev_properties(host, uevent)
     alias = udev.get("DM_NAME") if udev is not None else host.read_attr(sysdir + "/dm/name")
     if alias:
@@ -3415,6 +3534,28 @@ def read_memory_block(host, index):
         os.close(dirfd)
 
 
+def memory_block_states(host, indexes):
+    """read_memory_block() of each block, with its files opened relative to one fd of the
+    memory directory: two system calls per block fewer (a guest has hundreds of blocks).  Any
+    error goes the block-by-block way again, which words it as qemu-ga does."""
+    try:
+        parent = os.open(host.path(MEMORY_SYSFS_DIR), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return [read_memory_block(host, index) for index in indexes]
+    try:
+        states = []
+        for index in indexes:
+            name = _memory_block_dir(index)[len(MEMORY_SYSFS_DIR):]
+            try:
+                states.append((_pread_at(parent, name + "state", 10).startswith(b"online"),
+                               _pread_at(parent, name + "removable", 1) != b"0"))
+            except QgaError:
+                states.append(read_memory_block(host, index))
+        return states
+    finally:
+        os.close(parent)
+
+
 def set_memory_block(host, index, online):
     """One GuestMemoryBlockResponse: bring a block online or offline through its state file."""
     def response(kind, code=None):
@@ -3467,8 +3608,8 @@ def guest_get_memory_blocks(agent):
             return []
         raise QgaError('Can\'t open directory"%s": %s' % (MEMORY_SYSFS_DIR, os_error_text(exc)))
     blocks = []
-    for index in numbered_entries(entries, _MEMORY_ENTRY):
-        online, can_offline = read_memory_block(host, index)
+    indexes = numbered_entries(entries, _MEMORY_ENTRY)
+    for index, (online, can_offline) in zip(indexes, memory_block_states(host, indexes)):
         blocks.append({"online": online, "can-offline": can_offline, "phys-index": index})
     if not blocks:
         raise QgaError("guest reported zero memory blocks!")
@@ -3534,15 +3675,24 @@ def parse_netlink_dump(data):
     return messages
 
 
-def parse_rtattrs(data, offset):
-    """{type: value bytes} of the rtattrs that fill ``data`` from ``offset``."""
+_RTATTR_HEADER = struct.Struct("=HH")
+_LINK_ATTRS = frozenset((IFLA_IFNAME, IFLA_ADDRESS))   # of the ~40 a link message carries
+_ADDRESS_ATTRS = frozenset((IFA_ADDRESS, IFA_LOCAL, IFA_LABEL))
+
+
+def parse_rtattrs(data, offset, wanted):
+    """{type: value bytes} of the rtattrs of the types in ``wanted`` that fill ``data`` from
+    ``offset`` (the others are stepped over without being copied)."""
     attrs = {}
     end = len(data)
+    header = _RTATTR_HEADER.unpack_from
     while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
+        length, kind = header(data, offset)
         if length < 4:
             break
-        attrs[kind & 0x3FFF] = data[offset + 4:offset + length]
+        kind &= 0x3FFF
+        if kind in wanted:
+            attrs[kind] = data[offset + 4:offset + length]
         offset += (length + 3) & ~3
     return attrs
 
@@ -3558,7 +3708,7 @@ def parse_links(messages):
         if kind != RTM_NEWLINK or len(payload) < 16:
             continue
         index = struct.unpack_from("=i", payload, 4)[0]
-        attrs = parse_rtattrs(payload, 16)
+        attrs = parse_rtattrs(payload, 16, _LINK_ATTRS)
         if IFLA_IFNAME in attrs:
             links.append((index, _rtattr_text(attrs[IFLA_IFNAME]), attrs.get(IFLA_ADDRESS, b"")))
     return links
@@ -3581,7 +3731,7 @@ def parse_addresses(messages):
             kind_name, size = "ipv6", 16
         else:
             continue
-        attrs = parse_rtattrs(payload, 8)
+        attrs = parse_rtattrs(payload, 8, _ADDRESS_ATTRS)
         raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
         if raw is None or len(raw) < size:
             continue
@@ -3654,12 +3804,11 @@ def guest_network_get_interfaces(agent):
     """guest-network-get-interfaces: every interface, its addresses, MAC and counters."""
     host = agent.host
     try:
-        links = parse_links(parse_netlink_dump(
-            host.rtnetlink_dump(RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC,
-                                                         0, 0, 0, 0))))
-        addresses = parse_addresses(parse_netlink_dump(
-            host.rtnetlink_dump(RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC,
-                                                         0, 0, 0, 0))))
+        link_dump, address_dump = host.rtnetlink_dumps([
+            (RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)),
+            (RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0))])
+        links = parse_links(parse_netlink_dump(link_dump))
+        addresses = parse_addresses(parse_netlink_dump(address_dump))
     except (OSError, IOError) as exc:
         raise QgaError("getifaddrs failed: %s" % os_error_text(exc))
     stats = parse_net_dev(host.read_text(PROC_NET_DEV, ""))
@@ -4337,9 +4486,17 @@ def scan_unsigned(token):
     return value, match.end() == len(token)
 
 
+_PLAIN_NUMBERS = re.compile(r"[0-9]+(?: [0-9]+)*\Z")   # what scan_unsigned takes whole
+
+
 def scan_diskstats_line(line):
     """The fields sscanf("%u %u %s %lu %lu ...") converts from a line: up to 20, in order,
     ending at the first that is not a number (a number followed by junk still counts)."""
+    tokens = line.split()[:20]
+    numbers = tokens[:2] + tokens[3:]
+    if len(tokens) >= 3 and _PLAIN_NUMBERS.match(" ".join(numbers)):   # every real line
+        values = [min(int(token), UINT64_MAX) for token in numbers]
+        return values[:2] + [tokens[2]] + values[2:]
     fields = []
     for index, token in enumerate(line.split()[:20]):
         if index == 2:

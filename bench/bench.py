@@ -38,14 +38,19 @@ Method
 
 Figures (names for --only; groups: core, files, inspect, all)
 -------------------------------------------------------------
-startup       spawn to first guest-ping reply; target: qga-mini started from its compiled
-              bytecode (`import qga_mini; qga_mini.main()`, as contrib/qga-mini and every image
-              start it) <= bare `python3 -c pass` + 15 ms.  The plain `python3 qga_mini.py` is
-              shown for information: Python compiles a script at every start (~30 ms here).
-idle_rss      VmRSS after start-up and one ping; target <= 12 MiB for the bytecode start (the
-              plain script, shown too, keeps ~12 MiB of its compile behind)
+startup       spawn to first guest-ping reply of `python3 qga_mini.py` (information: it compiles
+              itself at every start, then hands its code to a fresh interpreter) and of the
+              launcher contrib/qga-mini, at its first start (no bytecode yet) and from its
+              bytecode (as images run it); target: launcher <= bare `python3 -c pass` + 15 ms
+idle_rss      VmRSS after start-up and one ping, of the same three; target <= 12 MiB
 ping          sequential guest-ping round trips/s on one connection; target >= 1x qemu-ga
 pipeline      10,000 guest-ping requests written in one go, all replies read; target >= 1x
+sync_pipeline 5,000 guest-sync requests with ids written in one go, all read; target >= 1.5x
+proxmox       Proxmox VE's pattern: new connection, guest-sync-delimited and
+              guest-network-get-interfaces in one write, both replies read, close; pairs/s >= 1x
+libvirt       libvirt's pattern: guest-sync with a fresh id, then guest-get-vcpus, on one
+              connection; pairs/s >= 1x
+              (ping, pipeline and these three also show the min-max of the per-round ratios)
 ingest        time to ingest a 16 MiB and a 64 MiB request (one huge string argument, sent in
               4 KiB writes, answered with an error); the 64/16 time ratio of the fastest
               rounds must be ~4 (linear; the target allows up to 5)
@@ -53,10 +58,12 @@ read          guest-file-read of a 48 MiB file in one call: MiB/s (>= 10x) and p
               also shown: the RSS growth during the operation, VmHWM minus VmRSS before it)
 read_chunked  the same file in 1 MiB reads until eof: MiB/s (>= 2x) and peak RSS (<= 1x)
 write         guest-file-write of a 16 MiB payload in one call: MiB/s (>= 5x), peak RSS (<= 1x)
+              (read and write also give the launcher's peak RSS, started from its bytecode)
 exec          guest-exec /bin/true, then guest-exec-status until exited; target <= 1.5x time
-fsinfo, interfaces, vcpus, diskstats, cpustats
+fsinfo, interfaces, vcpus, diskstats, cpustats, disks, memblocks
               per-call latency of guest-get-fsinfo, guest-network-get-interfaces,
-              guest-get-vcpus, guest-get-diskstats, guest-get-cpustats; target <= 3x time
+              guest-get-vcpus, guest-get-diskstats, guest-get-cpustats, guest-get-disks,
+              guest-get-memory-blocks; target <= 1.2x time
 """
 
 import argparse
@@ -97,12 +104,19 @@ INGEST_WRITE = 4096
 # the "64 MiB" request is 256 bytes short of it; the 16 MiB one is cut the same for a fair ratio.
 INGEST_SLACK = 256
 PIPELINE_PING = b'{"execute":"guest-ping"}\n'
+SYNC_REQUEST = b'{"execute":"guest-sync","arguments":{"id":%d}}\n'
+PROXMOX_REQUEST = (b'{"execute":"guest-sync-delimited","arguments":{"id":%d}}\n'
+                   b'{"execute":"guest-network-get-interfaces"}\n')
+LIBVIRT_COMMAND = b'{"execute":"guest-get-vcpus"}\n'
 
 # Rounds per figure: (normal, --quick). Each round measures both agents once.
 ROUNDS = {
     "startup": (15, 3),
     "ping": (7, 2),
     "pipeline": (7, 2),
+    "sync_pipeline": (7, 2),
+    "proxmox": (7, 2),
+    "libvirt": (7, 2),
     "ingest": (3, 1),
     "read": (5, 1),
     "read_chunked": (5, 1),
@@ -112,6 +126,8 @@ ROUNDS = {
 }
 PING_COUNT = (3000, 300)
 PIPELINE_COUNT = (10000, 10000)
+SYNC_PIPELINE_COUNT = (5000, 5000)
+PAIR_COUNT = (500, 50)      # Proxmox- and libvirt-style request pairs per round
 EXEC_COUNT = (20, 5)
 INSPECT_COUNT = (40, 5)
 
@@ -121,23 +137,34 @@ INSPECT_COMMANDS = [
     ("vcpus", "guest-get-vcpus"),
     ("diskstats", "guest-get-diskstats"),
     ("cpustats", "guest-get-cpustats"),
+    ("disks", "guest-get-disks"),
+    ("memblocks", "guest-get-memory-blocks"),
 ]
 
 # Rows of the table: key, figure (for --only), label, unit, better, target.
 # target: None (information only), ("ratio>=", x), ("ratio<=", x), ("abs<=", x), ("bare+", ms)
 ROWS = [
-    # Targets apply to the agent as images run it (contrib/qga-mini: from compiled bytecode);
-    # the plain script, which Python recompiles at every start, is shown for information.
-    ("startup_ms", "startup", "start-to-first-reply, plain script", "ms", "lower", None),
+    # The plain `python3 qga_mini.py` (which compiles itself at every start, then hands its
+    # code to a fresh interpreter) and the launcher contrib/qga-mini, before and after its
+    # bytecode exists (an image built with qga-mini-deps --compile has it from the start).
+    ("startup_ms", "startup", "start-to-first-reply, python3 qga_mini.py", "ms", "lower",
+     None),
     ("bare_ms", "startup", "  bare python3 -c pass (baseline)", "ms", "lower", None),
-    ("cached_ms", "startup", "  from bytecode (import qga_mini)", "ms", "lower",
-     ("bare+", 15.0)),
-    ("idle_rss", "idle_rss", "idle RSS (VmRSS), plain script", "MiB", "lower", None),
-    ("cached_rss", "idle_rss", "  from bytecode (import qga_mini)", "MiB", "lower",
+    ("first_ms", "startup", "  launcher, first start (no bytecode yet)", "ms", "lower", None),
+    ("cached_ms", "startup", "  launcher, from bytecode", "ms", "lower", ("bare+", 15.0)),
+    ("idle_rss", "idle_rss", "idle RSS (VmRSS), python3 qga_mini.py", "MiB", "lower",
      ("abs<=", 12.0)),
+    ("first_rss", "idle_rss", "  launcher, first start (no bytecode yet)", "MiB", "lower", None),
+    ("cached_rss", "idle_rss", "  launcher, from bytecode", "MiB", "lower", ("abs<=", 12.0)),
     ("ping_rps", "ping", "sequential ping round trips", "1/s", "higher", ("ratio>=", 1.0)),
     ("pipe_rps", "pipeline", "pipelined pings, 10000 in one write", "1/s", "higher",
      ("ratio>=", 1.0)),
+    ("sync_rps", "sync_pipeline", "pipelined guest-sync with ids, 5000 in one write", "1/s",
+     "higher", ("ratio>=", 1.5)),
+    ("proxmox_pps", "proxmox", "Proxmox-style pairs (new conn, sync-delimited+interfaces)",
+     "1/s", "higher", ("ratio>=", 1.0)),
+    ("libvirt_pps", "libvirt", "libvirt-style pairs (guest-sync, then guest-get-vcpus)", "1/s",
+     "higher", ("ratio>=", 1.0)),
     ("ingest16_ms", "ingest", "ingest 16 MiB request (4 KiB writes)", "ms", "lower", None),
     ("ingest64_ms", "ingest", "ingest 64 MiB request (4 KiB writes)", "ms", "lower", None),
     ("ingest_linear", "ingest", "  64 MiB / 16 MiB time, best rounds (4 = linear)", "x", "lower",
@@ -145,6 +172,8 @@ ROWS = [
     ("read1_mibs", "read", "file-read 48 MiB, one call", "MiB/s", "higher", ("ratio>=", 10.0)),
     ("read1_hwm", "read", "  peak RSS (VmHWM), one-call read", "MiB", "lower", ("ratio<=", 1.0)),
     ("read1_growth", "read", "  RSS growth during the read", "MiB", "lower", None),
+    ("read1_hwm_l", "read", "  peak RSS, one-call read, launcher from bytecode", "MiB", "lower",
+     ("ratio<=", 1.0)),
     ("readc_mibs", "read_chunked", "file-read 48 MiB, 1 MiB chunks", "MiB/s", "higher",
      ("ratio>=", 2.0)),
     ("readc_hwm", "read_chunked", "  peak RSS (VmHWM), chunked read", "MiB", "lower",
@@ -154,17 +183,26 @@ ROWS = [
     ("write_hwm", "write", "  peak RSS (VmHWM), one-call write", "MiB", "lower",
      ("ratio<=", 1.0)),
     ("write_growth", "write", "  RSS growth during the write", "MiB", "lower", None),
+    ("write_hwm_l", "write", "  peak RSS, one-call write, launcher from bytecode", "MiB",
+     "lower", ("ratio<=", 1.0)),
     ("exec_ms", "exec", "exec /bin/true + status until exited", "ms", "lower",
      ("ratio<=", 1.5)),
 ] + [
-    (name + "_ms", name, command + " per call", "ms", "lower", ("ratio<=", 3.0))
+    (name + "_ms", name, command + " per call", "ms", "lower", ("ratio<=", 1.2))
     for name, command in INSPECT_COMMANDS
 ]
+# Rows measured only on our side, and rows whose qemu-ga column comes from another row.
+OURS_ONLY = ("bare_ms", "first_ms", "cached_ms", "first_rss", "cached_rss")
+QEMU_GA_COLUMN = {"read1_hwm_l": "read1_hwm", "write_hwm_l": "write_hwm"}
+# Rows whose ratio is also given per round, min-max: the run-to-run spread.
+SPREAD_ROWS = ("ping_rps", "pipe_rps", "sync_rps", "proxmox_pps", "libvirt_pps")
 
-FIGURES = ["startup", "idle_rss", "ping", "pipeline", "ingest", "read", "read_chunked", "write",
-           "exec"] + [name for name, _ in INSPECT_COMMANDS]
+FIGURES = ["startup", "idle_rss", "ping", "pipeline", "sync_pipeline", "proxmox", "libvirt",
+           "ingest", "read", "read_chunked", "write", "exec"] + [
+               name for name, _ in INSPECT_COMMANDS]
 GROUPS = {
     "core": ["startup", "idle_rss", "ping", "pipeline", "ingest"],
+    "hosts": ["sync_pipeline", "proxmox", "libvirt"],
     "files": ["read", "read_chunked", "write"],
     "inspect": [name for name, _ in INSPECT_COMMANDS],
     "all": FIGURES,
@@ -213,11 +251,15 @@ class RecvBuffer:
 
 
 class Conn:
-    """One client connection: raw bytes out, reply lines in, a timeout on everything."""
+    """One client connection: raw bytes out, reply lines in, a timeout on everything.
+
+    Linear in what it receives: every byte is searched for the newline once, and replies that
+    arrived together (pipelined) are cut off one by one without copying the rest each time."""
 
     def __init__(self, sock):
         self.sock = sock
-        self.pending = b""   # bytes received after the last reply line
+        self.pending = b""   # bytes received after the last reply line ...
+        self.start = 0       # ... from this offset on
 
     def settimeout(self, seconds):
         self.sock.settimeout(seconds)
@@ -235,10 +277,19 @@ class Conn:
 
         With full=False only the first and last 256 bytes of a long line are returned (joined
         by NUL): enough to find the small keys around a bulk buf-b64 without copying it."""
+        i = self.pending.find(b"\n", self.start)
+        if i >= 0:   # already received (pipelined replies)
+            t = time.perf_counter()
+            line = self.pending[self.start:i]
+            self.start = i + 1
+            return line, t
         buf = RecvBuffer.buf
-        end = len(self.pending)
-        buf[:end] = self.pending
-        i = buf.find(b"\n", 0, end)
+        end = len(self.pending) - self.start   # a partial line: copied once, never searched again
+        if end > len(buf):
+            RecvBuffer.reserve(2 * end)
+            buf = RecvBuffer.buf
+        buf[:end] = memoryview(self.pending)[self.start:]
+        i = -1
         while i < 0:
             if end == len(buf):
                 bigger = bytearray(2 * len(buf))
@@ -256,6 +307,7 @@ class Conn:
             end += n
         t = time.perf_counter()
         self.pending = bytes(buf[i + 1:end])
+        self.start = 0
         view = memoryview(buf)
         if full or i <= 512:
             line = bytes(view[:i])
@@ -457,6 +509,7 @@ class Bench:
         self.harness_broke = False
         self.data_dir = tempfile.mkdtemp(prefix="data-", dir=workroot)
         self.read_file = None
+        self.launchers = {}   # {cached: Side} of contrib/qga-mini (see launcher_side)
 
     def count(self, pair):
         return pair[1] if self.quick else pair[0]
@@ -503,71 +556,78 @@ class Bench:
     # -- start-up and idle memory ---------------------------------------------------------
 
     def fig_startup(self):
-        keys = ["startup_ms", "bare_ms", "cached_ms", "idle_rss", "cached_rss"]
-        cached = self.cached_bytecode_side()
+        keys = ["startup_ms", "bare_ms", "first_ms", "cached_ms", "idle_rss", "first_rss",
+                "cached_rss"]
 
         def measure(side, r):
             values = {}
             if side.label == OURS_LABEL and r % 2 == 1:
-                values.update(self.startup_extras(cached))
-            agent, conn, seconds = side.fresh()
-            try:
-                time.sleep(STARTUP_SETTLE)
-                agent.check_alive()
-                rss = read_status_kib(agent.pid, "VmRSS") / 1024.0
-            finally:
-                conn.close()
-                agent.stop()
+                values.update(self.startup_extras())
+            seconds, rss = self.start_once(side)
             values.update({"startup_ms": seconds * 1000.0, "idle_rss": rss})
             # The baselines run next to our agent, before or after it in turn.
             if side.label == OURS_LABEL and r % 2 == 0:
-                values.update(self.startup_extras(cached))
+                values.update(self.startup_extras())
             return values
 
         self.alternate("startup", keys, measure)
 
-    def startup_extras(self, cached):
+    @staticmethod
+    def start_once(side):
+        """Start a fresh agent of side; return (seconds to first reply, idle VmRSS in MiB)."""
+        agent, conn, seconds = side.fresh()
+        try:
+            time.sleep(STARTUP_SETTLE)
+            agent.check_alive()
+            return seconds, read_status_kib(agent.pid, "VmRSS") / 1024.0
+        finally:
+            conn.close()
+            agent.stop()
+
+    def startup_extras(self):
         values = {"bare_ms": self.bare_python_ms()}
-        if cached is not None:
+        for name, cached in (("first", False), ("cached", True)):
+            side = self.launcher_side(cached)
+            if side is None:
+                continue
             try:
-                agent, conn, seconds = cached.fresh()
+                seconds, rss = self.start_once(side)
             except (AgentError, NotImplementedByAgent) as e:
-                self.notes.append("startup: bytecode-cached start failed: %s" % e)
-                return values
-            try:
-                time.sleep(STARTUP_SETTLE)
-                agent.check_alive()
-                values["cached_rss"] = read_status_kib(agent.pid, "VmRSS") / 1024.0
-            except AgentError as e:
-                self.notes.append("startup: bytecode-cached agent: %s" % e)
-            finally:
-                conn.close()
-                agent.stop()
-            values["cached_ms"] = seconds * 1000.0
+                self.notes.append("startup: launcher (%s start) failed: %s" % (name, e))
+                continue
+            values.update({name + "_ms": seconds * 1000.0, name + "_rss": rss})
         return values
 
-    def cached_bytecode_side(self):
-        """A side that starts our agent from cached bytecode (`import qga_mini; main()`).
+    def launcher_side(self, cached):
+        """A side that starts our agent as images do: contrib/qga-mini beside qga_mini.py.
 
-        `python3 qga_mini.py` compiles the whole file at every start (a script's bytecode is
-        never cached); this shows what start-up would be without that compile. The copy and
-        its __pycache__ live in the bench's temporary directory, not in the work tree."""
-        if self.args.ours_cmd or not os.path.exists(self.args.agent):
+        cached=False: no bytecode yet (removed before every start, as after an upgrade);
+        cached=True: compiled once beforehand, as qga-mini-deps --compile does in an image.
+        The copies live in the bench's temporary directory, not in the work tree."""
+        launcher = os.path.join(REPO_ROOT, "contrib", "qga-mini")
+        if (self.args.ours_cmd or not os.path.exists(self.args.agent)
+                or not os.path.exists(launcher)
+                or not any(s.label == OURS_LABEL for s in self.sides)):
             return None
-        if not any(s.label == OURS_LABEL for s in self.sides):
-            return None
-        import py_compile
-        libdir = tempfile.mkdtemp(prefix="pyc-", dir=self.workroot)
-        module = os.path.join(libdir, "qga_mini.py")
-        shutil.copyfile(self.args.agent, module)
-        try:
-            py_compile.compile(module, doraise=True)
-        except py_compile.PyCompileError as e:
-            self.notes.append("startup: cannot byte-compile qga_mini.py: %s" % e)
-            return None
-        code = ("import sys; sys.path.insert(0, %r); import qga_mini; "
-                "sys.exit(qga_mini.main())" % libdir)
-        return Side(OURS_LABEL + "-pyc", [self.python, "-c", code], self.workroot)
+        if cached not in self.launchers:
+            libdir = tempfile.mkdtemp(prefix="launcher-", dir=self.workroot)
+            module = os.path.join(libdir, "qga_mini.py")
+            shutil.copyfile(self.args.agent, module)
+            shutil.copy(launcher, libdir)
+            if cached:
+                import py_compile
+                try:
+                    py_compile.compile(module, doraise=True)
+                except py_compile.PyCompileError as e:
+                    self.notes.append("startup: cannot byte-compile qga_mini.py: %s" % e)
+                    return None
+            self.launchers[cached] = Side(OURS_LABEL + "-launcher", [
+                os.path.join(libdir, "qga-mini")], self.workroot)
+        side = self.launchers[cached]
+        if not cached:
+            shutil.rmtree(os.path.join(os.path.dirname(side.argv_prefix[0]), "__pycache__"),
+                          ignore_errors=True)
+        return side
 
     def bare_python_ms(self):
         """Time of a bare `python3 -c pass`, spawned like the agents (same Popen options).
@@ -619,43 +679,122 @@ class Bench:
 
         def measure(side, r):
             agent, conn = side.warm()
-            conn.settimeout(CALL_TIMEOUT)
-            errors = []
-
-            def writer():
-                try:
-                    conn.sock.sendall(payload)
-                except OSError as e:
-                    errors.append(e)
-
-            thread = threading.Thread(target=writer, daemon=True)
-            t0 = time.perf_counter()
-            thread.start()
-            seen = 0
-            bad = False
-            tail = b""
-            while seen < n:
-                try:
-                    chunk = conn.sock.recv(1 << 20)
-                except socket.timeout:
-                    raise AgentError("timeout after %d of %d pipelined replies" % (seen, n))
-                except OSError as e:
-                    raise AgentError("receive failed: %s" % e)
-                if not chunk:
-                    raise AgentError("agent closed the connection after %d replies" % seen)
-                seen += chunk.count(b"\n")
-                if b'"error"' in tail + chunk[:16] or b'"error"' in chunk:
-                    bad = True
-                tail = chunk[-16:]
-            t1 = time.perf_counter()
-            thread.join(CALL_TIMEOUT)
-            if errors:
-                raise AgentError("pipelined send failed: %s" % errors[0])
-            if bad or seen != n:
+            seconds, bad, _ = self.pipelined(conn, payload, n)
+            if bad:
                 raise AgentError("pipelined replies were not all {\"return\": {}}")
-            return {"pipe_rps": n / (t1 - t0)}
+            return {"pipe_rps": n / seconds}
 
         self.alternate("pipeline", ["pipe_rps"], measure)
+
+    def fig_sync_pipeline(self):
+        """guest-sync with ids written in one go: what a host's many-request read costs."""
+        n = self.count(SYNC_PIPELINE_COUNT)
+        payload = b"".join(SYNC_REQUEST % i for i in range(n))
+        last = b'{"return": %d}\n' % (n - 1)
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            seconds, bad, tail = self.pipelined(conn, payload, n)
+            if bad or not tail.endswith(last):
+                raise AgentError("pipelined guest-sync replies wrong; last bytes %r" % tail)
+            return {"sync_rps": n / seconds}
+
+        self.alternate("sync_pipeline", ["sync_rps"], measure)
+
+    @staticmethod
+    def pipelined(conn, payload, n):
+        """Write payload (n requests) from a thread while reading n reply lines; return
+        (seconds, whether an error reply was seen, the last 64 bytes). Linear: each received
+        byte is looked at once (newline count, "error" search with a 16-byte overlap)."""
+        conn.settimeout(CALL_TIMEOUT)
+        errors = []
+
+        def writer():
+            try:
+                conn.sock.sendall(payload)
+            except OSError as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        seen = 0
+        bad = False
+        tail = b""
+        while seen < n:
+            try:
+                chunk = conn.sock.recv(1 << 20)
+            except socket.timeout:
+                raise AgentError("timeout after %d of %d pipelined replies" % (seen, n))
+            except OSError as e:
+                raise AgentError("receive failed: %s" % e)
+            if not chunk:
+                raise AgentError("agent closed the connection after %d replies" % seen)
+            seen += chunk.count(b"\n")
+            if b'"error"' in tail[-16:] + chunk[:16] or b'"error"' in chunk:
+                bad = True
+            tail = (tail + chunk[-64:])[-64:]
+        t1 = time.perf_counter()
+        thread.join(CALL_TIMEOUT)
+        if errors:
+            raise AgentError("pipelined send failed: %s" % errors[0])
+        if seen != n:
+            raise AgentError("%d reply lines to %d pipelined requests" % (seen, n))
+        return t1 - t0, bad, tail
+
+    def fig_proxmox(self):
+        """Proxmox VE's pattern: for every command a new connection, guest-sync-delimited and
+        the command in one write, both replies read, the connection closed."""
+        n = self.count(PAIR_COUNT)
+
+        def measure(side, r):
+            agent, warm_conn = side.warm()
+            warm_conn.close()   # one client at a time: the long-lived one steps aside
+            try:
+                return {"proxmox_pps": n / self.proxmox_pairs(agent, n)}
+            finally:
+                side.warm_conn = agent.connect()
+
+        self.alternate("proxmox", ["proxmox_pps"], measure)
+
+    @staticmethod
+    def proxmox_pairs(agent, n):
+        """n Proxmox-style pairs; return the seconds they took."""
+        t0 = time.perf_counter()
+        for i in range(n):
+            conn = agent.connect()
+            try:
+                conn.send(PROXMOX_REQUEST % i)
+                sync, _ = conn.read_line()
+                reply, t1 = conn.read_line()
+            finally:
+                conn.close()
+            if sync != b'\xff{"return": %d}' % i or not reply.startswith(b'{"return"'):
+                parse_reply(reply, "guest-network-get-interfaces")
+                raise AgentError("Proxmox-style pair %d: %r / %r" % (i, sync, reply[:80]))
+        return t1 - t0
+
+    def fig_libvirt(self):
+        """libvirt's pattern: a plain guest-sync with a fresh id, its reply, then the command
+        and its reply, on the one long-lived connection."""
+        n = self.count(PAIR_COUNT)
+
+        def measure(side, r):
+            agent, conn = side.warm()
+            conn.settimeout(CALL_TIMEOUT)
+            base = 1000000 * (r + 1)
+            t0 = time.perf_counter()
+            for i in range(base, base + n):
+                conn.send(SYNC_REQUEST % i)
+                sync, _ = conn.read_line()
+                conn.send(LIBVIRT_COMMAND)
+                reply, t1 = conn.read_line()
+                if sync != b'{"return": %d}' % i or not reply.startswith(b'{"return"'):
+                    parse_reply(reply, "guest-get-vcpus")
+                    raise AgentError("libvirt-style pair %d: %r / %r" % (i, sync, reply[:80]))
+            return {"libvirt_pps": n / (t1 - t0)}
+
+        self.alternate("libvirt", ["libvirt_pps"], measure)
 
     def fig_ingest(self):
         keys = ["ingest16_ms", "ingest64_ms", "ingest_linear"]
@@ -747,7 +886,21 @@ class Bench:
             return {keys[0]: READ_FILE_SIZE / MiB / (t1 - t0), keys[1]: hwm,
                     keys[2]: hwm - before}
 
+        if not chunked:
+            measure = self.with_launcher_peak(measure, "read1_hwm")
+            keys.append("read1_hwm_l")
         self.alternate(figure, keys, measure)
+
+    def with_launcher_peak(self, measure, hwm_key):
+        """measure(side, r), and for our side the same once more started by the launcher from
+        its bytecode: that peak RSS is recorded as hwm_key + "_l"."""
+        def both(side, r):
+            values = measure(side, r)
+            launcher = self.launcher_side(True) if side.label == OURS_LABEL else None
+            if launcher is not None:
+                values[hwm_key + "_l"] = measure(launcher, r)[hwm_key]
+            return values
+        return both
 
     def read_chunks(self, conn, handle):
         """Read 1 MiB at a time until eof; return (bytes, t0, t1). Only count/eof are parsed."""
@@ -805,7 +958,8 @@ class Bench:
             return {"write_mibs": WRITE_SIZE / MiB / (t1 - t0), "write_hwm": hwm,
                     "write_growth": hwm - before}
 
-        self.alternate("write", keys, measure)
+        self.alternate("write", keys + ["write_hwm_l"],
+                       self.with_launcher_peak(measure, "write_hwm"))
 
     # -- exec and inspection ---------------------------------------------------------------
 
@@ -859,10 +1013,12 @@ class Bench:
         if "startup" in figures or "idle_rss" in figures:
             steps.append(("startup", self.fig_startup))
         simple = {"ping": self.fig_ping, "pipeline": self.fig_pipeline,
-                  "ingest": self.fig_ingest, "read": lambda: self.fig_read(False),
+                  "sync_pipeline": self.fig_sync_pipeline, "proxmox": self.fig_proxmox,
+                  "libvirt": self.fig_libvirt, "ingest": self.fig_ingest, "read": lambda: self.fig_read(False),
                   "read_chunked": lambda: self.fig_read(True), "write": self.fig_write,
                   "exec": self.fig_exec}
-        for name in ["ping", "pipeline", "exec"] + [n for n, _ in INSPECT_COMMANDS] + [
+        for name in ["ping", "pipeline", "sync_pipeline", "proxmox", "libvirt", "exec"] + [
+                n for n, _ in INSPECT_COMMANDS] + [
                 "ingest", "read", "read_chunked", "write"]:
             if name not in figures:
                 continue
@@ -965,14 +1121,18 @@ def build_table(bench, figures, have_qemu):
         if figure not in figures:
             continue
         cells = bench.results[key]
-        qcell = cells.get(QEMU_GA_LABEL)
+        qcell = bench.results[QEMU_GA_COLUMN.get(key, key)].get(QEMU_GA_LABEL)
         ocell = cells[OURS_LABEL]
         q = median_of(qcell) if qcell else None
         o = median_of(ocell)
-        ours_only = key in ("bare_ms", "cached_ms", "cached_rss")
+        ours_only = key in OURS_ONLY
         if ours_only:
             q = None
         ratio_text, target_text, met = evaluate(row, q, o, bare, have_qemu)
+        if key in SPREAD_ROWS and qcell and len(qcell["values"]) == len(ocell["values"]) > 1:
+            ratios = [b / a for a, b in zip(qcell["values"], ocell["values"]) if a]
+            if ratios:
+                ratio_text += " (%.2f-%.2f)" % (min(ratios), max(ratios))
         if ours_only:
             ratio_text = "-"
             if o is None and not ocell["status"]:
@@ -1087,6 +1247,7 @@ def apply_pinning(mode):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     apply_pinning(args.pin)
+    os.environ["QGA_MINI_PYTHON"] = args.python   # the interpreter contrib/qga-mini runs
     install_signal_handlers()
     workroot = tempfile.mkdtemp(prefix="qga-bench-")
     try:
@@ -1164,7 +1325,8 @@ def run(args, workroot):
              args.pin, load_before, load_average()))
     for line in header:
         print(line)
-    print("medians of alternating A/B rounds; ratio = ours/qemu-ga of the medians")
+    print("medians of alternating A/B rounds; ratio = ours/qemu-ga of the medians "
+          "(in brackets: min-max of the per-round ratios)")
     print()
     rows = build_table(bench, set(args.figures), have_qemu)
     if not have_qemu:

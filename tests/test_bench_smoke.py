@@ -97,6 +97,22 @@ class BenchSmokeTest(unittest.TestCase):
         # The bench removed its own temporary directory: only our json file is left.
         self.assertEqual(os.listdir(self.tmpdir), ["bench.json"])
 
+    def test_host_patterns_and_launcher_rows(self):
+        reason = agent_cannot_start()
+        if reason:
+            self.skipTest(reason)
+        out_json = os.path.join(self.tmpdir, "bench.json")
+        result = run_bench(["--quick", "--rounds", "1", "--only", "hosts,startup",
+                            "--no-qemu-ga", "-q", "--json", out_json], self.tmpdir, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr.decode(errors="replace"))
+        with open(out_json) as f:
+            raw = json.load(f)["raw"]
+        for key in ("sync_rps", "proxmox_pps", "libvirt_pps", "startup_ms", "idle_rss",
+                    "first_ms", "first_rss", "cached_ms", "cached_rss"):
+            cell = raw[key]["qga-mini"]
+            self.assertIsNone(cell["status"], key)
+            self.assertTrue(cell["values"] and all(v > 0 for v in cell["values"]), (key, cell))
+
 
 if __name__ == "__main__":
     unittest.main()

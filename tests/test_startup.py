@@ -1,0 +1,85 @@
+"""Start-up of the plain `python3 qga_mini.py`: the script hands its compiled code to a fresh
+interpreter in the same process (leaving the compiler's syntax tree behind), keeps the
+interpreter's options, and runs on where no memory file can be made."""
+
+import os
+import subprocess
+import shutil
+import tempfile
+import unittest
+
+from tests.support import AGENT, PYTHON, AgentProcess, LineClient, connect_unix
+
+BOOTSTRAP_MARK = b"marshal.loads"   # a word of the hand-over bootstrap on the command line
+
+
+class Agent(object):
+    """The agent started with the given interpreter argv on a unix socket; torn down."""
+
+    def __init__(self, test, argv):
+        self.tmp = tempfile.mkdtemp(prefix="qga-startup-")
+        test.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "qga.sock")
+        self.stderr = open(os.path.join(self.tmp, "stderr"), "wb")
+        self.proc = subprocess.Popen(
+            argv + ["-m", "unix-listen", "-p", self.path, "-t", self.tmp],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        test.addCleanup(self.stop)
+        self.sock = connect_unix(self.path, wait=15)
+        test.addCleanup(self.sock.close)
+        self.client = LineClient(self.sock)
+
+    stop = AgentProcess.stop
+
+    def cmdline(self):
+        with open("/proc/%d/cmdline" % self.proc.pid, "rb") as f:
+            return f.read().split(b"\0")
+
+    def fd_targets(self):
+        fds = "/proc/%d/fd" % self.proc.pid
+        return [os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+
+
+class HandOverTest(unittest.TestCase):
+
+    def test_script_runs_on_in_a_fresh_interpreter_with_the_same_pid(self):
+        agent = Agent(self, [PYTHON, AGENT])
+        self.assertEqual(agent.client.call("guest-ping"), {})
+        cmdline = agent.cmdline()
+        self.assertTrue(any(BOOTSTRAP_MARK in arg for arg in cmdline), cmdline)
+        self.assertIn(b"-S", cmdline)
+        self.assertIn(AGENT.encode(), cmdline)   # still findable as qga_mini.py in ps
+        # the memory file that carried the code is closed before the agent starts
+        self.assertFalse([t for t in agent.fd_targets() if "qga-mini-code" in t])
+
+    def test_interpreter_options_are_kept(self):
+        agent = Agent(self, [PYTHON, "-O", "-W", "ignore::DeprecationWarning", AGENT])
+        self.assertEqual(agent.client.call("guest-ping"), {})
+        cmdline = agent.cmdline()
+        self.assertTrue(any(BOOTSTRAP_MARK in arg for arg in cmdline), cmdline)
+        self.assertIn(b"-O", cmdline)
+        self.assertIn(b"ignore::DeprecationWarning", cmdline)
+
+    def test_without_a_memory_file_the_agent_runs_on_in_the_first_interpreter(self):
+        code = ("import os, runpy, sys\n"
+                "del os.memfd_create, os.O_TMPFILE\n"
+                "sys.argv = [%r] + sys.argv[1:]\n"
+                "runpy.run_path(%r, run_name='__main__')\n" % (AGENT, AGENT))
+        agent = Agent(self, [PYTHON, "-c", code])
+        self.assertEqual(agent.client.call("guest-ping"), {})
+        self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
+
+    def test_client_and_help_work_through_the_hand_over(self):
+        agent = Agent(self, [PYTHON, AGENT])
+        agent.sock.close()   # one host at a time: make way for the client
+        out = subprocess.run([PYTHON, AGENT, "client", agent.path, "guest-ping"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = subprocess.run([PYTHON, AGENT, "--help"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"qga_mini.py", out.stdout.split(b"\n")[0])
+
+
+if __name__ == "__main__":
+    unittest.main()
