@@ -3526,7 +3526,7 @@ def os_release_value(raw):
     if raw.startswith("'"):
         end = raw.find("'", 1)
         return raw[1:] if end < 0 else raw[1:end]
-    return re.split("[ ;]", raw, 1)[0]
+    return re.split("[ ;]", raw, maxsplit=1)[0]
 
 
 def read_os_release(host):
