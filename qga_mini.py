@@ -4258,6 +4258,19 @@ def parse_vsock_address(text):
     return int(cid), int(port)
 
 
+def _write_joined(fd, chunks):
+    """os.writev's stand-in where os has none (PyPy): the leading chunks, up to READ_CHUNK
+    bytes, joined into one write; a bigger first chunk is written alone, uncopied."""
+    count, size = 1, len(chunks[0])
+    while count < len(chunks) and size + len(chunks[count]) <= READ_CHUNK:
+        size += len(chunks[count])
+        count += 1
+    return os.write(fd, chunks[0] if count == 1 else b"".join(chunks[:count]))
+
+
+write_chunks = getattr(os, "writev", _write_joined)   # bytes written from a list of buffers
+
+
 class Connection(object):
     """One client: its file descriptor, its framer and the reply bytes waiting to go out."""
 
@@ -4280,7 +4293,7 @@ class Connection(object):
         """Write what the fd takes now; raises OSError on a hung-up peer."""
         while self.out:
             try:
-                written = os.writev(self.fd, self.out[:64])
+                written = write_chunks(self.fd, self.out[:64])
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     return
