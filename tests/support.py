@@ -25,7 +25,11 @@ import qga_mini  # noqa: E402
 
 AGENT = os.path.join(TOP, "qga_mini.py")
 FIXTURES = os.path.join(HERE, "fixtures")
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# The interpreter of every agent process a test starts: the one running the suite, or what
+# QGA_MINI_TEST_PYTHON names (`make test-pythons` sets it to a wrapper script when the
+# interpreter comes from a Debian root and sys.executable cannot be exec'd on this host).
+PYTHON = os.environ.get("QGA_MINI_TEST_PYTHON") or sys.executable
+STARTED_BY_WRAPPER = PYTHON != sys.executable
 INT64_MIN, UINT64_MAX = -(1 << 63), (1 << 64) - 1
 
 
