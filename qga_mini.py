@@ -1928,7 +1928,8 @@ class ExecChild(object):
             else:
                 proc.stdin.close()
         # The child may exit long before its pipes close (a grandchild holds them): a pidfd
-        # says so at once and it is reaped at once; without one we look every second.
+        # says so at once and it is reaped at once; without one (Python < 3.9, PyPy) we look
+        # after every wake-up, and every second while nothing else wakes us.
         pidfd = open_pidfd(proc.pid) if streams or stdin is not None else None
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
@@ -1938,7 +1939,7 @@ class ExecChild(object):
                     break                   # only stdin is left and nobody will read it
                 waiting = pidfd is None and proc.returncode is None
                 events = poller.poll(EXEC_REAP_INTERVAL * 1000 if waiting else None)
-                if not events:
+                if waiting:
                     proc.poll()
                 for fd, _ in events:
                     if fd == pidfd:
