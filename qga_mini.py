@@ -3635,12 +3635,14 @@ def lookup_user(host, name):
     The name service (getpwnam) answers for the running system; a host rooted in a fixture
     tree has no name service of its own, so its /etc/passwd answers.
     """
+    if "\0" in name:       # CPython's getpwnam refuses it; PyPy's looks up the name before it
+        return None
     if host.root != "/":
         return parse_passwd(host.read_text(PASSWD_PATH, ""), name)
     import pwd
     try:
         entry = pwd.getpwnam(name)
-    except (KeyError, ValueError):      # ValueError: a NUL in the name
+    except (KeyError, ValueError):
         return None
     return PasswdEntry(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
