@@ -8,6 +8,7 @@ import subprocess
 import sys
 import unittest
 
+from tests.pythons import parse_apt_sources
 from tests.support import AGENT, PYTHON
 
 # re functions whose trailing count/maxsplit/flags arguments Python 3.13 deprecates
@@ -43,6 +44,28 @@ class Interpreter(unittest.TestCase):
         out = subprocess.run([PYTHON, "-c", "import sys; print(sys.version)"],
                              stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
         self.assertEqual(out.stdout.strip(), sys.version.strip())
+
+
+class AptMirror(unittest.TestCase):
+    """make test-pythons builds its Debian roots from the mirror apt already uses."""
+
+    def test_deb822_skips_security_and_disabled_sources(self):
+        text = ("Types: deb\nURIs: http://security.example/debian-security\n"
+                "Suites: bookworm-security\nComponents: main\n\n"
+                "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\n"
+                "Components: main\nEnabled: no\n\n"
+                "Types: deb deb-src\n# a comment\nURIs: http://mirror.example/debian\n"
+                "Suites: bookworm bookworm-updates\nComponents: main contrib\n")
+        self.assertEqual(parse_apt_sources([text]), "http://mirror.example/debian")
+
+    def test_one_line_format_with_options(self):
+        text = ("# deb http://old.example/debian bookworm main\n"
+                "deb http://x.example/debian bookworm-updates main\n"
+                "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n")
+        self.assertEqual(parse_apt_sources(["", text]), "http://one.example/debian")
+
+    def test_none_without_a_main_archive(self):
+        self.assertIsNone(parse_apt_sources(["deb https://vendor.example/apt stable extra\n"]))
 
 
 if __name__ == "__main__":
