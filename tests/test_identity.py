@@ -18,7 +18,8 @@ import warnings
 from unittest import mock
 
 from tests.guestroot import GuestRoot, allow_machine_changes, forbid_machine_changes
-from tests.support import FIXTURES, PYTHON, AgentHarness, AgentProcess, needs_root, qga_mini
+from tests.support import (FIXTURES, PYTHON, AgentHarness, AgentProcess, connect_unix,
+                           needs_root, qga_mini)
 
 IDENTITY = os.path.join(FIXTURES, "identity")
 TEST_QGA_OS_RELEASE = os.path.join(IDENTITY, "test-qga-os-release")
@@ -403,8 +404,7 @@ class SideBySideWithQemuGa(unittest.TestCase):
             time.sleep(0.05)
         result = []
         for path in (sock_path, ours.path):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(path)
+            sock = connect_unix(path)       # the file exists from bind(), before listen()
             sock.settimeout(10)
             with sock, sock.makefile("rb") as replies:
                 lines = []
