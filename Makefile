@@ -1,14 +1,17 @@
 # qga-mini developer targets.  `make help` lists them; CI runs `make test`.
 PYTHON ?= /usr/bin/python3
 
-.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus fuzz-diff fuzz-diff-replay \
-	soak demo
+.PHONY: help test test-pythons schema-check vermin bench vm-test fuzz fuzz-corpus fuzz-diff \
+	fuzz-diff-replay soak demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 test:  ## run the whole unit and integration test suite (what CI runs)
 	$(PYTHON) -m tests
+
+test-pythons:  ## the suite under Debian 11's 3.9 and 13's 3.13 (cached roots), this 3.11 and pypy3
+	$(PYTHON) -m tests.pythons
 
 schema-check:  ## hold the command table and argument types against schema.json
 	$(PYTHON) -m unittest tests.test_schema -v

@@ -1234,7 +1234,7 @@ def install_signal_handlers():
 
 def apply_pinning(mode):
     global AGENT_CPUS
-    if mode == "none":
+    if mode == "none" or not hasattr(os, "sched_getaffinity"):     # PyPy has no affinity calls
         return
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[0]})

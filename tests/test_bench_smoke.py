@@ -9,17 +9,15 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 
-from tests.support import stop_process
+from tests.support import PYTHON, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "bench.py")
 AGENT = os.path.join(ROOT, "qga_mini.py")
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
 def agent_cannot_start(timeout=5.0):
@@ -64,7 +62,7 @@ def agent_cannot_start(timeout=5.0):
 
 def run_bench(args, tmpdir, timeout=60):
     env = dict(os.environ, TMPDIR=tmpdir)
-    return subprocess.run([PYTHON, BENCH] + args, stdin=subprocess.DEVNULL,
+    return subprocess.run([PYTHON, BENCH, "--python", PYTHON] + args, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                           timeout=timeout, cwd=ROOT)
 

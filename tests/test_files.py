@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from tests.support import AgentHarness, AgentProcess, qga_mini
+from tests.support import RSS_BOUNDS_HOLD, AgentHarness, AgentProcess, qga_mini
 
 HELLO = b"Hello World!\n\x00"                  # test-qga's payload, trailing NUL included
 HELLO_B64 = base64.b64encode(HELLO).decode()
@@ -25,6 +25,9 @@ MIB = 1 << 20
 
 def b64(data):
     return base64.b64encode(data).decode()
+
+
+O_ACCMODE = getattr(os, "O_ACCMODE", 3)     # PyPy's os lacks it; 3 on every Linux port
 
 
 class FileTestCase(unittest.TestCase):
@@ -143,7 +146,7 @@ class TestOpen(FileTestCase):
             handle = self.open("f", mode)
             fd = self.agent.agent.file_handles[handle]
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            self.assertEqual(flags & os.O_ACCMODE, expected[mode.replace("b", "")], mode)
+            self.assertEqual(flags & O_ACCMODE, expected[mode.replace("b", "")], mode)
             self.assertEqual(bool(flags & os.O_APPEND), mode.startswith("a"), mode)
             self.assertTrue(flags & os.O_NONBLOCK, mode)
             self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, mode)
@@ -614,8 +617,9 @@ class TestRealProcess(unittest.TestCase):
         self.assertEqual(line[-len(tail):], tail)
         data = base64.b64decode(memoryview(line)[len(head):-len(tail)])
         self.assertEqual(hashlib.sha256(data).hexdigest(), digest.hexdigest())
-        self.assertLess(peak - baseline, 3 * size, "peak RSS grew by %d MiB" %
-                        ((peak - baseline) // MIB))
+        if RSS_BOUNDS_HOLD:
+            self.assertLess(peak - baseline, 3 * size, "peak RSS grew by %d MiB" %
+                            ((peak - baseline) // MIB))
 
 
 def glib_base64_decode(text):

@@ -14,11 +14,12 @@ import subprocess
 import tempfile
 import time
 import unittest
+import warnings
 from unittest import mock
 
 from tests.guestroot import GuestRoot, allow_machine_changes, forbid_machine_changes
-from tests.support import (FIXTURES, AgentHarness, AgentProcess, needs_root, qga_mini,
-                           stop_process)
+from tests.support import (FIXTURES, PYTHON, AgentHarness, AgentProcess, connect_unix,
+                           needs_root, qga_mini, stop_process)
 from tests.system_support import ORACLE_STOP_GRACE
 
 IDENTITY = os.path.join(FIXTURES, "identity")
@@ -116,6 +117,14 @@ class OsReleaseParser(unittest.TestCase):
         self.assertEqual(value("'no end"), "no end")
         self.assertEqual(value('"unterminated'), "unterminated")
         self.assertEqual(value('"'), "")
+
+    def test_unquoted_value_ends_at_a_space_or_semicolon_without_warnings(self):
+        # Python 3.13 deprecates re.split's positional maxsplit: under -W error the
+        # command failed there.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            self.assertEqual(qga_mini.os_release_value("a b;c"), "a")
+            self.assertEqual(qga_mini.os_release_value("a;b c"), "a")
 
 
 class OsInfo(unittest.TestCase):
@@ -357,7 +366,7 @@ class SetUserPassword(unittest.TestCase):
     def test_the_account_tools_lock_is_respected(self):
         self.shadow()
         lock = self.guest.path("/etc/.pwd.lock")
-        holder = subprocess.Popen([qga_mini.sys.executable, "-c",
+        holder = subprocess.Popen([PYTHON, "-c",
                                    "import fcntl, os, sys, time\n"
                                    "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
                                    "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
@@ -393,8 +402,7 @@ class SideBySideWithQemuGa(unittest.TestCase):
             time.sleep(0.05)
         result = []
         for path in (sock_path, ours.path):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(path)
+            sock = connect_unix(path)       # the file exists from bind(), before listen()
             sock.settimeout(10)
             with sock, sock.makefile("rb") as replies:
                 lines = []

@@ -9,7 +9,6 @@ override either).
 """
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ import unittest
 
 from tests.hostile import MACHINE_COMMANDS, parse_reply_line
 from tests.procstat import fd_count, rss_kib, slope, status_field, zombies
-from tests.support import AgentProcess, LineClient
+from tests.support import RSS_BOUNDS_HOLD, AgentProcess, LineClient, connect_unix
 
 LONG = os.environ.get("QGA_SOAK") == "long"
 REQUESTS = int(os.environ.get("QGA_SOAK_REQUESTS", 1000000 if LONG else 100000))
@@ -108,7 +107,8 @@ class Soak(unittest.TestCase):
         fds = report("fds", [(n, f) for n, _, f, _ in steady], "fds per request")
         threads = report("threads", [(n, t) for n, _, _, t in steady], "per request")
         sys.stderr.write("  soak: %d requests on one connection\n" % done)
-        self.assertLess(rss * 100000, 8 * 1024, "RSS grows by >8 MiB per 10^5 requests")
+        if RSS_BOUNDS_HOLD:
+            self.assertLess(rss * 100000, 8 * 1024, "RSS grows by >8 MiB per 10^5 requests")
         self.assertLess(abs(fds) * 100000, 1)
         self.assertLess(abs(threads) * 100000, 1)
         self.assertEqual(zombies(self.pid), [])
@@ -116,8 +116,7 @@ class Soak(unittest.TestCase):
     def test_connect_disconnect_cycles(self):
         samples = []
         for cycle in range(CYCLES):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(self.agent.path)
+            sock = connect_unix(self.agent.path)    # the first may come between bind and listen
             kind = cycle % 5
             if kind == 1:
                 self.assertEqual(LineClient(sock).call("guest-ping"), {})
@@ -139,7 +138,8 @@ class Soak(unittest.TestCase):
         rss = report("RSS", [(n, r) for n, r, _, _ in steady], "KiB per cycle")
         fds = report("fds", [(n, f) for n, _, f, _ in steady], "fds per cycle")
         sys.stderr.write("  soak: %d connect/disconnect cycles\n" % CYCLES)
-        self.assertLess(rss * 1000, 4 * 1024, "RSS grows by >4 MiB per 10^3 cycles")
+        if RSS_BOUNDS_HOLD:
+            self.assertLess(rss * 1000, 4 * 1024, "RSS grows by >4 MiB per 10^3 cycles")
         self.assertLess(abs(fds) * 1000, 1)
         self.assertEqual(zombies(self.pid), [])
 

@@ -12,7 +12,7 @@ import unittest
 from unittest import mock
 
 from tests.guestroot import GuestRoot, allow_machine_changes, forbid_machine_changes
-from tests.support import AgentHarness, process_exited, qga_mini
+from tests.support import PYTHON, AgentHarness, process_exited, qga_mini
 
 _patchers = []
 
@@ -280,7 +280,7 @@ class Helpers(unittest.TestCase):
         report = self.guest.path("/report")
         self.guest.write("/bin/tool", "#!%s\nimport os\nfds = os.listdir('/proc/self/fd')\n"
                          "open(%r, 'w').write(repr((os.getsid(0), sorted(map(int, fds)))))\n"
-                         % (qga_mini.sys.executable, report), 0o755)
+                         % (PYTHON, report), 0o755)
         keep = os.open(os.devnull, os.O_RDONLY)         # an fd a careless spawn would leak
         os.set_inheritable(keep, True)
         try:
