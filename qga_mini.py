@@ -119,6 +119,17 @@ def anonymous_file():
     return None
 
 
+def runs_as_sys_executable():
+    """Whether this process's program is sys.executable: not so when python3 was started
+    through a dynamic loader (ld.so --library-path ... python3), whose interpreter cannot
+    be exec'd on its own; nor without /proc to tell."""
+    try:
+        exe, own = os.stat(sys.executable), os.stat("/proc/self/exe")
+    except OSError:
+        return False
+    return (exe.st_dev, exe.st_ino) == (own.st_dev, own.st_ino)
+
+
 def hand_over_to_fresh_interpreter(module_code):
     """Exec a new interpreter that runs module_code (this script's, compiled); return if not."""
     import marshal
@@ -138,7 +149,7 @@ def hand_over_to_fresh_interpreter(module_code):
 
 
 if (__name__ == "__main__" and __spec__ is None and "__handed_over__" not in globals()
-        and sys.implementation.name == "cpython" and sys.executable
+        and sys.implementation.name == "cpython" and sys.executable and runs_as_sys_executable()
         and sys.gettrace() is None and sys.getprofile() is None and not sys.flags.inspect
         and sys.argv[1:2] != ["client"]):
     hand_over_to_fresh_interpreter(sys._getframe().f_code)

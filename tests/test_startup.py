@@ -11,6 +11,24 @@ import unittest
 from tests.support import AGENT, PYTHON, AgentProcess, LineClient, connect_unix
 
 BOOTSTRAP_MARK = b"marshal.loads"   # a word of the hand-over bootstrap on the command line
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+def interpreter_facts():
+    """(hands over, real program) of the interpreter the tests run the agent with: only
+    CPython started as its own program (not through a loader, as tests/pythons.py's wrappers
+    start other distributions' interpreters) hands over."""
+    out = subprocess.run(
+        [PYTHON, "-c", "import os, sys; print(sys.implementation.name == 'cpython' and "
+         "os.path.samefile(sys.executable, '/proc/self/exe')); print(sys.executable)"],
+        stdout=subprocess.PIPE, universal_newlines=True, timeout=60, check=True)
+    hands_over, executable = out.stdout.split("\n")[:2]
+    return hands_over == "True", executable
+
+
+HANDS_OVER, EXECUTABLE = interpreter_facts()
+needs_hand_over = unittest.skipUnless(
+    HANDS_OVER, "%s does not hand over (not CPython, or started through a loader)" % PYTHON)
 
 
 class Agent(object):
@@ -42,6 +60,7 @@ class Agent(object):
 
 class HandOverTest(unittest.TestCase):
 
+    @needs_hand_over
     def test_script_runs_on_in_a_fresh_interpreter_with_the_same_pid(self):
         agent = Agent(self, [PYTHON, AGENT])
         self.assertEqual(agent.client.call("guest-ping"), {})
@@ -52,6 +71,7 @@ class HandOverTest(unittest.TestCase):
         # the memory file that carried the code is closed before the agent starts
         self.assertFalse([t for t in agent.fd_targets() if "qga-mini-code" in t])
 
+    @needs_hand_over
     def test_interpreter_options_are_kept(self):
         agent = Agent(self, [PYTHON, "-O", "-W", "ignore::DeprecationWarning", AGENT])
         self.assertEqual(agent.client.call("guest-ping"), {})
@@ -66,6 +86,16 @@ class HandOverTest(unittest.TestCase):
                 "sys.argv = [%r] + sys.argv[1:]\n"
                 "runpy.run_path(%r, run_name='__main__')\n" % (AGENT, AGENT))
         agent = Agent(self, [PYTHON, "-c", code])
+        self.assertEqual(agent.client.call("guest-ping"), {})
+        self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
+
+    @needs_hand_over
+    @unittest.skipUnless(os.path.exists(LOADER), "no %s here" % LOADER)
+    def test_started_through_the_dynamic_loader_the_agent_runs_on_in_the_first_interpreter(
+            self):
+        # Exec'ing sys.executable would lose the loader (and its --library-path): an
+        # interpreter from another distribution's root would not even start.
+        agent = Agent(self, [LOADER, EXECUTABLE, AGENT])
         self.assertEqual(agent.client.call("guest-ping"), {})
         self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
 
