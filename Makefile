@@ -1,7 +1,7 @@
 # qga-mini developer targets.  `make help` lists them; CI runs `make test`.
 PYTHON ?= /usr/bin/python3
 
-.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus soak demo
+.PHONY: help test schema-check vermin bench vm-test fuzz fuzz-corpus soak demo deb vm-test-distro
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,14 @@ bench:  ## qga-mini and qemu-ga side by side: start-up, RSS, throughput, latency
 
 vm-test:  ## boot a busybox+python guest under QEMU and drive the agent like real hosts
 	bash tests/vm/run.sh
+
+deb:  ## build build/qga-mini_<version>_all.deb (replaces qemu-guest-agent) with dpkg-deb
+	sh contrib/debian/build-deb
+
+# DISTRO=bookworm or DISTRO=trixie runs one of the two guests.
+DISTRO ?= bookworm trixie
+vm-test-distro: deb  ## install the .deb in Debian 12 and 13 systemd guests under QEMU and drive them
+	bash tests/vm/run-distro.sh $(DISTRO)
 
 # The fuzzer's dependency lives in .venv/ (git-ignored): nothing is installed system-wide.
 VENV = .venv
