@@ -41,7 +41,7 @@ POSIX_SCRIPTS = [
     "tests/vm/guest/chpasswd",
     "tests/vm/guest/hook-record",
 ]
-BASH_SCRIPTS = ["contrib/dracut/99qga-mini/module-setup.sh", "tests/vm/run.sh"]
+BASH_SCRIPTS = ["contrib/dracut/99qga-mini/module-setup.sh", "tests/vm/run.sh", "tests/vm/run-distro.sh"]
 
 
 def run(argv, **kw):
