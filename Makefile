@@ -27,7 +27,7 @@ deb:  ## build build/qga-mini_<version>_all.deb (replaces qemu-guest-agent) with
 
 # DISTRO=bookworm or DISTRO=trixie runs one of the two guests.
 DISTRO ?= bookworm trixie
-vm-test-distro: deb  ## install the .deb in Debian 12 and 13 systemd guests under QEMU and drive them
+vm-test-distro:  ## build the .deb, install it in Debian 12 and 13 systemd guests under QEMU and drive them
 	bash tests/vm/run-distro.sh $(DISTRO)
 
 # The fuzzer's dependency lives in .venv/ (git-ignored): nothing is installed system-wide.
