@@ -204,8 +204,10 @@ def report_times(results, group, mini, ref):
         target = ""
         if i == 1:
             target = " (target <= +%g s: %s)" % (START_MARGIN, "met" if diff <= START_MARGIN else "missed")
-        results.add(group, what, "info", "%+.2f s%s: qga-mini %s, qemu-ga %s" % (
-            diff, target, vmtest.describe_times(m), vmtest.describe_times(r)))
+        detail = "%+.2f s%s: qga-mini %s, qemu-ga %s" % (
+            diff, target, vmtest.describe_times(m), vmtest.describe_times(r))
+        results.add(group, what, "info", detail)
+        log("%s %s: %s" % (group, what, detail))   # in full: the table cuts details short
 
 
 # ----------------------------------------------------------------------------
