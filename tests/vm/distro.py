@@ -99,8 +99,11 @@ def power_off(vm, client=None, fallback=False):
         r = (client or ProxmoxClient(vm.sock)).cmd("guest-shutdown", {"mode": "powerdown"},
                                                     timeout=10, allow_close=True)
         if r is not None and fallback and "error" in r:
-            r = ProxmoxClient(vm.sock).cmd("guest-exec", {"path": "systemctl", "arg": ["poweroff"]})
-            ret(r)
+            # the error may come from a shutdown already under way: the channel may close
+            r = ProxmoxClient(vm.sock).cmd("guest-exec", {"path": "systemctl", "arg": ["poweroff"]},
+                                           timeout=10, allow_close=True)
+            if r is not None:
+                ret(r)
         elif r is not None:
             ret(r)
             raise AssertionError("guest-shutdown replied %r (success sends nothing)" % r)
