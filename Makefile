@@ -1,8 +1,8 @@
 # qga-mini developer targets.  `make help` lists them; CI runs `make test`.
 PYTHON ?= /usr/bin/python3
 
-.PHONY: help test test-pythons schema-check vermin bench vm-test fuzz fuzz-corpus fuzz-diff \
-	fuzz-diff-replay soak demo
+.PHONY: help test test-pythons schema-check vermin bench vm-test vm-test-distro deb fuzz \
+	fuzz-corpus fuzz-diff fuzz-diff-replay soak demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,14 @@ bench:  ## qga-mini and qemu-ga side by side: start-up, RSS, throughput, latency
 
 vm-test:  ## boot a busybox+python guest under QEMU and drive the agent like real hosts
 	bash tests/vm/run.sh
+
+deb:  ## build build/qga-mini_<version>_all.deb (replaces qemu-guest-agent) with dpkg-deb
+	sh contrib/debian/build-deb
+
+# DISTRO=bookworm or DISTRO=trixie runs one of the two guests.
+DISTRO ?= bookworm trixie
+vm-test-distro:  ## build the .deb, install it in Debian 12 and 13 systemd guests under QEMU and drive them
+	bash tests/vm/run-distro.sh $(DISTRO)
 
 # The fuzzer's dependency lives in .venv/ (git-ignored): nothing is installed system-wide.
 VENV = .venv

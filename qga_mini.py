@@ -2542,7 +2542,9 @@ def guest_shutdown(agent, mode="powerdown"):
         if result is None:
             continue
         status, output = result
-        if status == 0:
+        if status == 0 or status == -signal.SIGTERM:
+            # SIGTERM: systemd's shutdown stopping the agent's unit ends the helper (in the
+            # unit's cgroup) before it exits; the guest is going down, as the host asked.
             return
         agent.log.warning("%s: status %d: %s" % (" ".join(argv), status, output))
         if status < 0:

@@ -36,11 +36,15 @@ POSIX_SCRIPTS = [
     "contrib/dracut/99qga-mini/qga-mini-stop.sh",
     "contrib/demo.sh",
     "contrib/qga-mini",
+    "contrib/debian/build-deb",
+    "contrib/debian/postinst",
+    "contrib/debian/prerm",
+    "contrib/debian/postrm",
     "tests/vm/guest/rcS",
     "tests/vm/guest/chpasswd",
     "tests/vm/guest/hook-record",
 ]
-BASH_SCRIPTS = ["contrib/dracut/99qga-mini/module-setup.sh", "tests/vm/run.sh"]
+BASH_SCRIPTS = ["contrib/dracut/99qga-mini/module-setup.sh", "tests/vm/run.sh", "tests/vm/run-distro.sh"]
 
 
 def run(argv, **kw):
@@ -345,6 +349,16 @@ class Launcher(unittest.TestCase):
         self.assertTrue(p.stderr.startswith("qga_mini.py: unrecognized option '--bogus'"),
                         p.stderr)
         self.assertIn("client SOCKET COMMAND", run([self.launcher, "--help"]).stdout)
+
+    def test_a_symlink_to_the_launcher_finds_the_agent(self):
+        # the .deb's /usr/sbin/qemu-ga is such a link
+        sbin = os.path.join(self.dir, "sbin")
+        os.mkdir(sbin)
+        os.symlink("../qga-mini", os.path.join(sbin, "qemu-ga"))
+        p = run([os.path.join(sbin, "qemu-ga"), "--version"],
+                env=dict(os.environ, QGA_MINI_PYTHON=sys.executable))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("(qga-mini ", p.stdout)
 
     def test_children_do_not_inherit_the_fixed_hash_seed(self):
         env = dict(os.environ, QGA_MINI_PYTHON=PYTHON)

@@ -111,6 +111,15 @@ class Shutdown(PowerTest):
         self.assertEqual(self.agent().error("guest-shutdown", mode="reboot")[1],
                          "child process has terminated abnormally")
 
+    def test_a_program_ended_by_sigterm_is_the_shutdown_under_way(self):
+        # systemd stops the agent's unit at shutdown: SIGTERM reaches the helper too
+        self.guest.standin("/sbin/reboot", script="kill -TERM $$")
+        self.guest.standin("/sbin/shutdown")
+        h = self.agent()
+        self.no_reply(h, "guest-shutdown", mode="reboot")
+        self.assertEqual(self.guest.calls(), ["reboot "])
+        self.assertEqual(self.reboots, [])
+
     def test_with_no_program_at_all_the_kernel_does_it(self):
         h = self.agent()
         with mock.patch.object(qga_mini.os, "sync") as sync:

@@ -1,10 +1,12 @@
-"""The VM test's libvirt part: the same image driven through virsh.
+"""The VM tests' libvirt part: the same guest driven through virsh.
 
 A session-mode libvirtd (run as the unprivileged user "nobody", so libvirt keeps
 all its state under a temporary XDG directory tree instead of /etc/libvirt and
 /var/lib/libvirt) defines the VM with a virtio agent channel; every check is a
 virsh command that talks to the agent.  Skipped with a reason when libvirt is
-missing or does not start.
+missing or does not start.  ``Guest`` says what the domain boots and what the
+checks expect; its defaults are make vm-test's busybox image, tests/vm/distro.py
+passes its Debian guest.
 """
 import json
 import os
@@ -21,13 +23,13 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvq1SkM7bE0r3yqP2xLwN8fJc4mT5aGz
 
 DOMAIN_XML = """<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>512</memory>
+  <memory unit='MiB'>{memory}</memory>
   <vcpu>2</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 qga.agent=mini</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -35,12 +37,7 @@ DOMAIN_XML = """<domain type='qemu'>
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' discard='unmap'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='user'><model type='virtio'/></interface>
+{disks}    <interface type='user'><model type='virtio'/></interface>
     <serial type='file'><source path='{console}'/><target port='0'/></serial>
     <channel type='unix'>
       <source mode='bind' path='{sock}'/>
@@ -50,6 +47,30 @@ DOMAIN_XML = """<domain type='qemu'>
   </devices>
 </domain>
 """
+
+
+DISK_XML = """    <disk type='file' device='disk'>
+      <driver name='qemu' type='{fmt}' discard='unmap'/>
+      <source file='{path}'/>
+      <target dev='{dev}' bus='virtio'/>
+    </disk>
+"""
+
+
+class Guest:
+    """What the domain boots and what the checks expect of it: make vm-test's image."""
+    cmdline = "console=ttyS0 panic=-1 qga.agent=mini"
+    memory = 512
+    ready = "init done"         # console text once the guest's init has finished
+    hostname = image.HOSTNAME
+    os_id = "qga-vm"
+    data_dev = "vda"            # the ext4 disk mounted on /mnt/data
+
+    def disks(self, base, make_disk):
+        """[(path, format)] in vda, vdb, ... order, made or moved into base."""
+        disk = os.path.join(base, "data.img")
+        make_disk(disk)
+        return [(disk, "raw")]
 
 
 class Virsh:
@@ -122,7 +143,7 @@ def agent(v, cmd, args=None):
     return reply["return"]
 
 
-def run(results, work, vmlinuz, initrd, make_disk):
+def run(results, work, vmlinuz, initrd, make_disk, guest=None):
     def check(name, fn):
         try:
             results.add("libvirt", name, "pass", fn() or "")
@@ -138,8 +159,9 @@ def run(results, work, vmlinuz, initrd, make_disk):
     base = os.path.join(work, "libvirt")
     os.makedirs(base)
     os.chmod(work, 0o711)  # nobody's qemu reaches its files through here
-    disk = os.path.join(base, "data.img")
-    make_disk(disk)
+    guest = guest or Guest()
+    disks = "".join(DISK_XML.format(path=path, fmt=fmt, dev="vd" + chr(ord("a") + i))
+                    for i, (path, fmt) in enumerate(guest.disks(base, make_disk)))
     shutil.copy(initrd, os.path.join(base, "initrd.cpio"))
     kernel = os.path.join(base, "vmlinuz")
     shutil.copy(vmlinuz, kernel)
@@ -155,34 +177,35 @@ def run(results, work, vmlinuz, initrd, make_disk):
         xml = os.path.join(base, "domain.xml")
         with open(xml, "w") as f:
             f.write(DOMAIN_XML.format(name=DOMAIN, kernel=kernel, initrd=os.path.join(base, "initrd.cpio"),
-                                      disk=disk, console=console, sock=os.path.join(base, "qga.sock")))
+                                      disks=disks, console=console, sock=os.path.join(base, "qga.sock"),
+                                      cmdline=guest.cmdline, memory=guest.memory))
         subprocess.run(["chown", "-R", "%d:%d" % (NOBODY, NOBODY), base], check=True)
         started = v.run("create", xml)
         if started.returncode != 0:
             results.add("libvirt", "virsh create", "FAIL", started.stderr.strip()[:200])
             return
         t0 = time.monotonic()
-        check("qemu-agent-command (agent up)", lambda: wait_agent(v, console, t0))
-        run_checks(v, check)
+        check("qemu-agent-command (agent up)", lambda: wait_agent(v, console, t0, guest.ready))
+        run_checks(v, check, guest)
     finally:
         v.run("destroy", DOMAIN, timeout=20)
         v.stop_daemon()
 
 
-def wait_agent(v, console, t0):
+def wait_agent(v, console, t0, ready, timeout=240):
     """libvirt answers only once the guest opened the port (VSERPORT_CHANGE)."""
-    deadline = t0 + 90
+    deadline = t0 + timeout
     last = None
     while time.monotonic() < deadline:
         p = v.run("qemu-agent-command", DOMAIN, '{"execute":"guest-ping"}', "--timeout", "5", timeout=20)
-        if p.returncode == 0 and "init done" in open(console, errors="replace").read():
+        if p.returncode == 0 and ready in open(console, errors="replace").read():
             return "agent answered %.1f s after virsh create" % (time.monotonic() - t0)
         last = p.stderr.strip()
         time.sleep(0.3)
     raise AssertionError("no agent: %s" % last)
 
 
-def run_checks(v, check):
+def run_checks(v, check, guest):
     def info():
         r = agent(v, "guest-info")
         return "guest-info: %d commands" % len(r["supported_commands"])
@@ -197,7 +220,7 @@ def run_checks(v, check):
         fields = dict(re.findall(r"^(\S+)\s*:\s*(.*?)\s*$", out, re.M))
         if not fields:  # libvirt leaves out what the agent does not implement
             raise Skip("the agent implements none of the guestinfo commands yet")
-        expected = {"hostname": image.HOSTNAME, "os.id": "qga-vm"}
+        expected = {"hostname": guest.hostname, "os.id": guest.os_id}
         for key, want in expected.items():
             if key in fields:
                 assert fields[key] == want, "%s = %r" % (key, fields[key])
@@ -205,8 +228,8 @@ def run_checks(v, check):
 
     def domfsinfo():
         out = ok(v.run("domfsinfo", DOMAIN))
-        assert re.search(r"^\s*/mnt/data\s+\S+\s+ext4\s+vda", out, re.M), out
-        return "/mnt/data ext4 on vda"
+        assert re.search(r"^\s*/mnt/data\s+\S+\s+ext4\s+%s" % guest.data_dev, out, re.M), out
+        return "/mnt/data ext4 on " + guest.data_dev
 
     def freeze():
         # virsh -q keeps "Froze N filesystem(s)" to itself: ask the agent for its state.

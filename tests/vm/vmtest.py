@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -110,23 +111,32 @@ class VM:
         self.proc = None
         self.t0 = None
 
-    def argv(self):
-        accel = ["-accel", "kvm"] if self.accel == "kvm" else \
-            ["-accel", "tcg,thread=multi"]
-        return ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
-                "-M", "pc", "-m", "512", "-smp", "2"] + accel + [
-            "-kernel", self.kernel, "-initrd", self.initrd,
-            "-append", "console=ttyS0 panic=-1 qga.agent=" + self.agent,
-            "-chardev", "file,id=con,path=" + self.console, "-serial", "chardev:con",
-            # second channel: isa-serial (ttyS1 in the guest)
-            "-chardev", "socket,id=isa1,path=%s,server=on,wait=off" % self.isa_sock,
-            "-device", "isa-serial,chardev=isa1",
+    def accel_argv(self):
+        return ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,thread=multi"]
+
+    memory = 512
+
+    def qemu_argv(self, append, disks, extra=()):
+        """QEMU's command line: the machine, -kernel/-initrd with ``append``, the serial
+        console, ``extra`` devices, the agent's virtio port, ``disks`` [(path, format)] as
+        virtio-blk in order (vda, vdb, ...) and a user-mode NIC."""
+        argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+                "-M", "pc", "-m", str(self.memory), "-smp", "2"] + self.accel_argv() + [
+            "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
+            "-chardev", "file,id=con,path=" + self.console, "-serial", "chardev:con"] + list(extra) + [
             "-device", "virtio-serial-pci,id=vs0",
             "-chardev", "socket,id=qga0,path=%s,server=on,wait=off" % self.sock,
-            "-device", "virtserialport,bus=vs0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-            "-drive", "file=%s,if=none,id=d0,format=raw,discard=unmap" % self.disk,
-            "-device", "virtio-blk-pci,drive=d0",
-            "-nic", "user,restrict=on,model=virtio-net-pci"]
+            "-device", "virtserialport,bus=vs0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
+        for i, (path, fmt) in enumerate(disks):
+            argv += ["-drive", "file=%s,if=none,id=d%d,format=%s,discard=unmap" % (path, i, fmt),
+                     "-device", "virtio-blk-pci,drive=d%d" % i]
+        return argv + ["-nic", "user,restrict=on,model=virtio-net-pci"]
+
+    def argv(self):
+        return self.qemu_argv("console=ttyS0 panic=-1 qga.agent=" + self.agent, [(self.disk, "raw")],
+                              # second channel: isa-serial (ttyS1 in the guest)
+                              ["-chardev", "socket,id=isa1,path=%s,server=on,wait=off" % self.isa_sock,
+                               "-device", "isa-serial,chardev=isa1"])
 
     def start(self):
         for p in (self.sock, self.isa_sock, self.console):
@@ -162,14 +172,15 @@ class VM:
                 self.proc.wait()
 
 
-def first_pong(vm, timeout):
+def first_pong(vm, timeout, since=None):
     """Seconds from QEMU's start to the agent's first guest-ping reply, or None.
 
     Pings every 0.2 s on one connection (requests written before the guest opens
     the port wait in the channel), then drains stale replies with a delimited
-    sync so that the next client starts clean.
+    sync so that the next client starts clean.  The timeout counts from QEMU's
+    start, or from the monotonic time ``since`` (an agent restarted later).
     """
-    deadline = vm.t0 + timeout
+    deadline = (vm.t0 if since is None else since) + timeout
     sock = None
     while time.monotonic() < deadline and vm.alive():
         try:
@@ -185,7 +196,10 @@ def first_pong(vm, timeout):
     buf = b""
     try:
         while time.monotonic() < deadline and vm.alive():
-            sock.sendall(b'{"execute": "guest-ping"}\n')
+            # While no agent has the port open QEMU reads nothing: a long boot would
+            # fill the socket, so a ping is written only where it fits whole.
+            if select.select([], [sock], [], 0)[1]:
+                sock.sendall(b'{"execute": "guest-ping"}\n')
             sock.settimeout(0.2)
             try:
                 chunk = sock.recv(4096)
@@ -214,12 +228,12 @@ def accel_cache_key():
     return "%s|%s" % (platform.release(), qemu)
 
 
-def boot(vm, cache, results):
+def boot(vm, cache, results, ready="qga-vm: init done", timeout=BOOT_SECONDS):
     """Start vm, on KVM if it works here (remembered in the cache), else TCG.
 
     Returns the boot-to-first-pong time.  A KVM boot that hangs (this host's
     nested KVM does with the stock kernel) or aborts is detected by the missing
-    "init done" line on the console and redone with TCG.
+    ``ready`` line on the console and redone with TCG.
     """
     verdict_file = os.path.join(cache, "accel.json")
     try:
@@ -234,7 +248,7 @@ def boot(vm, cache, results):
         pong = first_pong(vm, KVM_PROBE_SECONDS)
         if pong is not None:
             verdicts[key] = "kvm"
-        elif "qga-vm: init done" in vm.console_text():
+        elif ready in vm.console_text():
             verdicts[key] = "kvm"  # KVM boots; the agent did not answer
             return None
         else:
@@ -246,7 +260,7 @@ def boot(vm, cache, results):
         json.dump(verdicts, open(verdict_file, "w"))
         if vm.accel == "kvm":
             return pong
-    return first_pong(vm, BOOT_SECONDS)
+    return first_pong(vm, timeout)
 
 
 # ----------------------------------------------------------------------------
@@ -450,21 +464,22 @@ EXERCISED = {"guest-sync", "guest-sync-delimited", "guest-exec", "guest-exec-sta
 KERNEL_RELEASE = [""]
 
 
-def read_only_replies(vm, client_types):
+def read_only_replies(vm, client_types, commands=None):
     """{client name: {command: reply or exception}}, one client at a time.
 
     QEMU's chardev serves one connection at a time, as for real hosts (libvirt
     or Proxmox own a VM's channel alone), so clients never overlap here.
     """
+    commands = READ_ONLY if commands is None else commands
     replies = {}
     for make in client_types:
         try:
             client = make(vm.sock)
         except Exception as e:  # cannot even connect
-            replies[make.name] = {name: e for name, _a, _v in READ_ONLY}
+            replies[make.name] = {name: e for name, _a, _v in commands}
             continue
         got = replies[make.name] = {}
-        for name, args, _validate in READ_ONLY:
+        for name, args, _validate in commands:
             try:
                 got[name] = client.cmd(name, args)
             except Exception as e:
@@ -882,14 +897,20 @@ def main():
         import virsh
         virsh.run(results, work, vmlinuz, initrd, make_disk)
 
+    return finish(results, "vm-test", work, t_start)
+
+
+def finish(results, name, work, t_start):
+    """The table, the time, the work directory removed (kept on failure or QGA_VM_KEEP)
+    and the closing line "NAME: N passed, M failed[, K skipped]"; the exit status."""
     results.print_table()
     passed, failed, skipped = (results.count(s) for s in ("pass", "FAIL", "skip"))
-    print("vm-test: image, boots and checks took %.0f s" % (time.monotonic() - t_start))
+    print("%s: image, boots and checks took %.0f s" % (name, time.monotonic() - t_start))
     if failed or os.environ.get("QGA_VM_KEEP"):
-        print("vm-test: logs kept in %s" % work)
+        print("%s: logs kept in %s" % (name, work))
     else:
         shutil.rmtree(work, ignore_errors=True)
-    print("vm-test: %d passed, %d failed%s" % (passed, failed, ", %d skipped" % skipped if skipped else ""))
+    print("%s: %d passed, %d failed%s" % (name, passed, failed, ", %d skipped" % skipped if skipped else ""))
     return 1 if failed else 0
 
 
