@@ -148,7 +148,10 @@ def hand_over_to_fresh_interpreter(module_code):
         os.close(fd)
 
 
+# The script itself: run by the interpreter, whose bottom frame it is (not by runpy or a
+# wrapper's exec, whose own work a fresh interpreter would lose).
 if (__name__ == "__main__" and __spec__ is None and "__handed_over__" not in globals()
+        and sys._getframe().f_back is None
         and sys.implementation.name == "cpython" and sys.executable and runs_as_sys_executable()
         and sys.gettrace() is None and sys.getprofile() is None and not sys.flags.inspect
         and sys.argv[1:2] != ["client"]):

@@ -90,6 +90,18 @@ class HandOverTest(unittest.TestCase):
         self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
 
     @needs_hand_over
+    def test_run_by_runpy_from_a_wrapper_the_wrappers_work_is_kept(self):
+        # A wrapper that patches os before running the agent (as the tests of PyPy's missing
+        # os.writev do) must not be undone by a fresh interpreter.
+        code = ("import os, runpy, sys\n"
+                "os.environ['QGA_WRAPPED'] = '1'\n"
+                "sys.argv[0] = %r\n"
+                "runpy.run_path(%r, run_name='__main__')\n" % (AGENT, AGENT))
+        agent = Agent(self, [PYTHON, "-c", code])
+        self.assertEqual(agent.client.call("guest-ping"), {})
+        self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
+
+    @needs_hand_over
     @unittest.skipUnless(os.path.exists(LOADER), "no %s here" % LOADER)
     def test_started_through_the_dynamic_loader_the_agent_runs_on_in_the_first_interpreter(
             self):
