@@ -848,38 +848,68 @@ _TOKEN = re.compile(rb"""[ \t\r\n]*(?:
     )""", re.X | re.S)
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "/": "/", "\\": "\\",
             '"': '"', "'": "'"}
-_ESCAPE = re.compile(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-                     r"|u[0-9a-fA-F]{4}|u.{0,4}|.)", re.S)
+_HEX4 = re.compile(rb"[0-9a-fA-F]{4}\Z")
 
 
-def _unescape(match):
-    esc = match.group(1)
-    if len(esc) == 11:                                      # a surrogate pair
-        high, low = int(esc[1:5], 16), int(esc[7:11], 16)
-        char = chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-    elif esc[0] != "u":
-        if esc not in _ESCAPES:
+def _hex4(data):
+    """The value of four hex digits, else -1 (qemu's cvt4hex())."""
+    return int(data, 16) if _HEX4.match(data) else -1
+
+
+def _text_run(data):
+    """The bytes between a string's escapes as text.  qemu takes 0xC0 0x80 as U+0000 and
+    refuses noncharacters as it refuses invalid UTF-8."""
+    try:
+        text = data.replace(b"\xc0\x80", b"\x00").decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or _NONCHARACTER.search(text):
+        raise JsonError("invalid UTF-8 sequence in string")
+    return text
+
+
+def _escape(raw, start, pieces):
+    """Append the character of the escape at ``raw[start]``; return where the escape ends.
+
+    As in qemu, \\u takes the next four bytes whatever they are (the closing quote too), a
+    leading surrogate pairs with the \\u escape right after it or fails, and the error quotes
+    the bytes consumed."""
+    kind = raw[start + 1:start + 2].decode("latin-1")
+    if kind != "u":
+        if kind not in _ESCAPES:
             raise JsonError("invalid escape sequence in string")
-        return _ESCAPES[esc]
-    elif len(esc) != 5 or not all(c in "0123456789abcdefABCDEF" for c in esc[1:]) \
-            or 0xD800 <= int(esc[1:], 16) < 0xE000:
-        char = None
-    else:
-        char = chr(int(esc[1:], 16))
+        pieces.append(_ESCAPES[kind])
+        return start + 2
+    end = start + 6
+    code = _hex4(raw[start + 2:end])
+    if 0xD800 <= code <= 0xDBFF and raw[end:end + 2] == b"\\u":
+        low = _hex4(raw[end + 2:end + 6])
+        if 0xDC00 <= low <= 0xDFFF:
+            code, end = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00), end + 6
+        else:
+            code = -1
+    char = chr(code) if code >= 0 and not 0xD800 <= code <= 0xDFFF else None
     if char is None or _NONCHARACTER.match(char):
-        raise JsonError("\\%s is not a valid Unicode character" % esc)
-    return char
+        raise JsonError("%s is not a valid Unicode character"
+                        % raw[start:end].decode("utf-8", "replace"))
+    pieces.append(char)
+    return end
 
 
 def _string_value(raw):
-    body = raw[1:-1].replace(b"\xc0\x80", b"\\u0000")   # qemu takes overlong NUL as U+0000
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or _NONCHARACTER.search(text):          # qemu refuses those as well
-        raise JsonError("invalid UTF-8 sequence in string")
-    return _ESCAPE.sub(_unescape, text) if "\\" in text else text
+    """A string token's value, read left to right as qemu's parse_string() reads it, so that
+    the first bad escape or bad byte is the one reported."""
+    end = len(raw) - 1                      # the closing quote
+    backslash = raw.find(b"\\", 1, end)
+    if backslash < 0:
+        return _text_run(raw[1:end])
+    pieces, pos = [], 1
+    while backslash >= 0:
+        pieces.append(_text_run(raw[pos:backslash]))
+        pos = _escape(raw, backslash, pieces)
+        backslash = raw.find(b"\\", pos, end)
+    pieces.append(_text_run(raw[pos:end]))
+    return "".join(pieces)
 
 
 def _lex(raw):
@@ -992,16 +1022,16 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
-_DOUBLE_TOKEN = re.compile(r"[.IN]|[0-9]e")
-
-
 def _has_double(text):
     """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
-    only punctuation, true, false, null and numbers, and only a double's repr has a '.', an
-    'e' after a digit, or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
+    only punctuation, true, false, null and numbers, and only a double's repr has a '.' or an
+    'e', or is Infinity or NaN.  A few C-speed passes, not a walk of the value."""
     if "\\" in text:
         text = text.replace("\\\\", "").replace('\\"', "")     # no quote left is escaped
-    return _DOUBLE_TOKEN.search("".join(text.split('"')[::2])) is not None
+    outside = "".join(text.split('"')[::2])
+    if "e" in outside:
+        outside = outside.replace("true", "").replace("false", "")
+    return "." in outside or "e" in outside or "I" in outside or "N" in outside
 
 
 def _encode_qemu(value):

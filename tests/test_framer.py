@@ -133,6 +133,12 @@ class ParseErrors(unittest.TestCase):
         (b'{"a":"\xef\xbf\xbf"}', "invalid UTF-8 sequence in string"),
         (b'{"a":"\xef\xb7\x90"}', "invalid UTF-8 sequence in string"),
         (b'{"a":"\xf3\xbf\xbf\xbe"}', "invalid UTF-8 sequence in string"),
+        # The first error from the left wins; \u takes four bytes, the closing quote too.
+        (b'{"a":"\\x\xc3"}', "invalid escape sequence in string"),
+        (b'{"a":"\xc3\\x"}', "invalid UTF-8 sequence in string"),
+        (b'{"a":"\\ufffe\xef\xbf\xbe"}', "\\ufffe is not a valid Unicode character"),
+        (b'{"a":"\\u00\xc3"}', '\\u00\ufffd" is not a valid Unicode character'),
+        (b'{"a":"\\ud83d\\ude0"}', "\\ud83d is not a valid Unicode character"),
     ]
 
     def test_texts(self):

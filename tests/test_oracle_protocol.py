@@ -104,7 +104,13 @@ CASES = [
     b'{"execute":"guest-ping","id":"\xef\xb7\xaf"}' + PING,
     PING + b'{"execute":"guest-ping","id":"\xf4\x8f\xbf\xbe"}' + PING,
     b'{"execute":"guest-ping","id":"\xf4\x8f\xbf\xbd\\ufdcf\\ufdf0\\ufffd"}',
-]
+] + [b'{"execute":"guest-ping","id":"%s"}' % body for body in (
+    # A string is read left to right: the first bad escape or bad byte is the error, and \u
+    # takes four bytes, whatever they are.
+    b"\\x\xc3", b"\\ufffe\xef\xbf\xbe", b"\xc3\\x", b"\\u00\xc3", b"\\u\xc3", b"\\\xc3",
+    b"\\ud83d\\ude0\xc3", b"\\ud83d\xc3", b"a\\ud800\xed\xa0\x80", b"\\u00", b"\\uzz", b"\\u12345",
+    b"\\ud83d\\u", b"\\ud83d\\ude00\\ud83d", b"\\udc00", b"\\ud83d\\ud83d",
+    b"\xc0\x80\\u0000\\\\\xc0\x80", b"\\\xc0\x80", b"x\\u00e9\\ufffd\\/\\'")]
 
 
 def exchange(path, data, quiet=0.15):
