@@ -506,12 +506,54 @@ def _resync_points(data):
             fe = data.find(b"\xfe", fe + 1)
 
 
+_MIN_CODE_POINT = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)   # by sequence length 2..6
+
+
+def _sequence_at(raw, pos):
+    """The character of the (modified) UTF-8 sequence at ``raw[pos]`` as qemu's reply encoder
+    reads it (its mod_utf8_codepoint()), or -1 when invalid; and where the next one starts.
+    A lead byte takes the continuation bytes that follow, up to its length: a sequence that is
+    cut short, overlong (but C0 80, a NUL), a surrogate, a noncharacter or over U+10FFFF is
+    one invalid sequence."""
+    byte = raw[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    if byte >= 0xFE or not byte & 0x40:       # 0xFE, 0xFF, or a stray continuation byte
+        return -1, pos + 1
+    length = 8 - (byte ^ 0xFF).bit_length()   # the number of leading one bits: 2..6
+    code = byte & ((0x80 >> length) - 1)
+    for end in range(pos + 1, pos + length):
+        if end >= len(raw) or raw[end] & 0xC0 != 0x80:
+            return -1, end
+        code = code << 6 | raw[end] & 0x3F
+    end += 1
+    if (code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or _NONCHARACTER.match(chr(code))
+            or code < _MIN_CODE_POINT[length - 2] and not (code == 0 and length == 2)):
+        return -1, end
+    return code, end
+
+
+def qemu_shown_text(raw):
+    """Bytes quoted in an error as qemu-ga's reply shows them: up to the first NUL (a C
+    string), each invalid UTF-8 sequence one U+FFFD, C0 80 a NUL."""
+    raw = raw.split(b"\x00", 1)[0]
+    try:
+        return _NONCHARACTER.sub("\ufffd", raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    chars, pos = [], 0
+    while pos < len(raw):
+        code, pos = _sequence_at(raw, pos)
+        chars.append(chr(code) if code >= 0 else "\ufffd")
+    return "".join(chars)
+
+
 def _quote_token(raw):
     """A bad token as qemu quotes it in 'stray' errors (bytes shown as text, length capped)."""
     raw = raw.split(b"\x00", 1)[0]           # qemu's C string ends at a NUL
     if len(raw) > ERROR_TOKEN_ECHO:
         raw = raw[:ERROR_TOKEN_ECHO // 2] + b"..." + raw[-ERROR_TOKEN_ECHO // 2:]
-    return raw.decode("utf-8", "replace")
+    return qemu_shown_text(raw)
 
 
 class Framer(object):
@@ -556,7 +598,7 @@ class Framer(object):
     def _feed(self, data, events):
         start = 0
         for marker in _resync_points(data):
-            self._feed_segment(data[start:marker], events)
+            self._feed_segment(data[start:marker], events, at_marker=True)
             partial = b""
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
@@ -570,11 +612,12 @@ class Framer(object):
 
     # -- scanning -------------------------------------------------------------------------------
 
-    def _feed_segment(self, data, events):
+    def _feed_segment(self, data, events, at_marker=False):
         """Bytes holding no 0xFF or 0xFE: the token walk finishes the message (or recovery) an
         earlier read left open, the json module reads the whole objects that follow, and the
         walk takes what json leaves, to the segment's end: json looks at each segment once at
-        most, so even a read of garbage costs linear time."""
+        most, so even a read of garbage costs linear time.  ``at_marker``: a 0xFF or 0xFE
+        follows, which ends a number or keyword as any other byte would."""
         if self.state == _RECOVERY and not self.buf:
             stop = _RECOVERY_STOP.search(data)
             if stop is None:
@@ -582,13 +625,13 @@ class Framer(object):
             data = data[stop.start():]
             self.state = _BETWEEN
         if self.state != _BETWEEN or self.tokens:
-            data = self._scan(data, events, until_boundary=True)
+            data = self._scan(data, events, until_boundary=True, at_marker=at_marker)
         if data and len(data) <= MAX_MESSAGE_TOKENS:   # so no message in it is over a limit
             taken = leading_json_objects(data, events)
             if taken:
                 data = data[taken:]
         if data:
-            self._scan(data, events)
+            self._scan(data, events, at_marker=at_marker)
 
     def _compact(self):
         """Drop consumed bytes; while discarding, keep nothing but a number or keyword."""
@@ -602,13 +645,16 @@ class Framer(object):
             self.start -= keep
             self.token_start -= keep
 
-    def _scan(self, data, events, until_boundary=False):
+    def _scan(self, data, events, until_boundary=False, at_marker=False):
         """Walk ``data`` token by token; with ``until_boundary``, stop where the open message
-        ends and return the bytes not walked (else b"")."""
+        ends and return the bytes not walked (else b"").  With ``at_marker`` (a 0xFF or 0xFE
+        comes next), a number or keyword at the end is ended as qemu's lexer ends it: a whole
+        one is a token (it may complete a message) and the marker is reported alone; an
+        incomplete number ("-", "1.", "1e") is left for the caller to quote with the marker."""
         buf = self.buf
         buf += data
         end = len(buf)
-        while self.pos < end:
+        while self.pos < end or at_marker and self.state in (_NUMBER_TOKEN, _KEYWORD_TOKEN):
             state = self.state
             if state == _BETWEEN:
                 if until_boundary and not self.tokens:
@@ -653,7 +699,7 @@ class Framer(object):
                 chars = _NUMBER_CHARS if state == _NUMBER_TOKEN else _KEYWORD_CHARS
                 pos = chars.match(buf, self.pos).end()
                 self.pos = pos
-                if pos == end:                      # the token may go on in the next read
+                if pos == end and not at_marker:    # the token may go on in the next read
                     self._check_size(events)
                     break
                 if state == _NUMBER_TOKEN:
@@ -665,6 +711,8 @@ class Framer(object):
                     after = buf[walked:walked + 1]
                     if (not _NUMBER.match(bytes(buf[start:walked]))
                             or after.isdigit() and _LEADING_ZERO.match(buf, start, walked)):
+                        if walked == end:           # cut short by the marker
+                            break
                         self._fail(events, bytes(buf[start:walked + 1]), walked + 1)
                         continue
                     self.pos = walked
@@ -891,7 +939,7 @@ def _escape(raw, start, pieces):
     char = chr(code) if code >= 0 and not 0xD800 <= code <= 0xDFFF else None
     if char is None or _NONCHARACTER.match(char):
         raise JsonError("%s is not a valid Unicode character"
-                        % raw[start:end].decode("utf-8", "replace"))
+                        % qemu_shown_text(raw[start:end]))
     pieces.append(char)
     return end
 

@@ -80,6 +80,23 @@ class Resync(unittest.TestCase):
             out = run(PING[:i] + b"\xff" + PING)
             self.assertEqual(out[-1], {"execute": "guest-ping"}, i)
 
+    def test_a_number_or_keyword_before_ff_ends_first(self):
+        # qemu's lexer ends a whole number or keyword at any byte that cannot continue it, the
+        # 0xFF too (which may complete a message), then reports the 0xFF alone; an incomplete
+        # number is quoted with the 0xFF, a digit after a leading zero is an error of its own.
+        cases = {b"1\xff": [1, self.STRAY_FF],
+                 b"tru\xff": ["JSON parse error, invalid keyword 'tru'", self.STRAY_FF],
+                 b'{"a":1.5e3\xfe': [self.STRAY_FF],
+                 b"1-\xff": [1, "JSON parse error, stray '-\ufffd'"],
+                 b"01\xff": ["JSON parse error, stray '01'", self.STRAY_FF],
+                 b"-\xff": ["JSON parse error, stray '-\ufffd'"],
+                 b"1.\xff": ["JSON parse error, stray '1.\ufffd'"],
+                 b"1e+\xfe": ["JSON parse error, stray '1e+\ufffd'"]}
+        for data, events in cases.items():
+            for i in range(len(data)):          # however the reads split it
+                self.assertEqual(run(data[:i], data[i:] + PING), events + [
+                    {"execute": "guest-ping"}], (data, i))
+
     def test_newline_does_not_discard_a_partial_message(self):
         self.assertEqual(run(b'{"execute":\n', b'"guest-ping"}'), [{"execute": "guest-ping"}])
 
@@ -103,6 +120,17 @@ class LexerErrors(unittest.TestCase):
 
     def test_nul_ends_the_quoted_token(self):
         self.assertEqual(run(b'\x00 ')[0], "JSON parse error, stray ''")
+
+    def test_quoted_bytes_show_one_replacement_per_bad_sequence(self):
+        # As qemu's reply encoder reads them: a sequence cut short, overlong, a surrogate, a
+        # noncharacter or past U+10FFFF is one U+FFFD; C0 80 is a NUL.
+        shown = qga_mini.qemu_shown_text
+        self.assertEqual(shown(b'"\xed\xa0\x80\xc1\x81\xe2\x82a\xf5\x80\x80\x80\xc0\x80b\xff'),
+                         '"\ufffd\ufffd\ufffda\ufffd\x00b\ufffd')
+        self.assertEqual(shown(b"\xef\xbf\xbf\xf8\x88\x80\x80\x80\xfc\x84\x80\x80\x80\x80x\xfe"),
+                         "\ufffd\ufffd\ufffdx\ufffd")
+        self.assertEqual(shown(b"\xc3\xa9\xf0\x9f\x98\x80\xf0\x9f\x98\x00\xc3"), "\xe9\U0001f600\ufffd")
+        self.assertEqual(run(b'"a\xc3\xff'), ["JSON parse error, stray '\"a\ufffd\ufffd'"])
 
     def test_recovery_skips_to_a_structural_byte(self):
         self.assertEqual(run(b'{"execute":"guest-ping"X}' + PING),
