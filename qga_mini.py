@@ -4495,6 +4495,16 @@ def parse_vsock_address(text):
     return int(cid), int(port)
 
 
+if hasattr(socket.socket, "_accept"):
+    def accept_fd(listener):
+        """The next client of a listening socket as a bare fd (accept4, close-on-exec): no
+        socket object, whose construction would ask the kernel for its address."""
+        return listener._accept()[0]
+else:                                       # an interpreter without the raw call
+    def accept_fd(listener):
+        return listener.accept()[0].detach()
+
+
 class Connection(object):
     """One client: its file descriptor, its framer and the reply bytes waiting to go out."""
 
@@ -4553,6 +4563,7 @@ class Server(object):
         self.epoll = select.epoll()
         self.conn = None
         self.listener = None
+        self.short_read_drains = False     # a read shorter than asked empties the client's queue
         self.stop_requested = False
         self.channel_error = None
         self.wake_r, self.wake_w = os.pipe()
@@ -4585,9 +4596,11 @@ class Server(object):
 
     # -- connections -----------------------------------------------------------------------------
 
-    def attach(self, fd, sock=None, owned=False):
-        """Serve a connected client: a serial port or an accepted socket."""
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    def attach(self, fd, sock=None, owned=False, nonblocking=False):
+        """Serve a connected client: a serial port or an accepted socket (``nonblocking``: its
+        fd is O_NONBLOCK already)."""
+        if not nonblocking:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.conn = Connection(fd, sock, owned)
         self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         self.on_readable()
@@ -4596,39 +4609,52 @@ class Server(object):
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        try:
-            self.epoll.unregister(conn.fd)
-        except (OSError, ValueError):
-            pass
+        # Closing our only reference to a client takes it out of the epoll set: no call for it.
         if conn.sock is not None:
             conn.sock.close()
         elif conn.owned:
             os.close(conn.fd)
+        else:
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+        self.watch_listener()
+
+    def watch_listener(self):
+        """Be told of the next client.  The listener is watched one-shot: an event disarms it,
+        so the clients that connect while one is served wait in the kernel's backlog (one
+        client at a time, as qemu-ga) without waking us, and one call re-arms it."""
         if self.listener is not None:
-            self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+            self.epoll.modify(self.listener.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
 
     def accept(self):
         try:
-            sock, _ = self.listener.accept()
+            fd = accept_fd(self.listener)
         except OSError:
+            self.watch_listener()
             return
-        self.epoll.unregister(self.listener.fileno())
-        fcntl.fcntl(sock.fileno(), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        # A new socket has no status flag but its access mode (which F_SETFL ignores): one
+        # call makes it non-blocking.
+        fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
         self.log.debug("client connected")
-        self.attach(sock.fileno(), sock=sock)
+        self.attach(fd, owned=True, nonblocking=True)
 
     # -- I/O -------------------------------------------------------------------------------------
 
     def on_readable(self):
         """Read until the fd runs dry (edge trigger), answering every complete request.
 
-        Only EAGAIN says it is dry: a virtio port returns one queued buffer per read, so a
-        short read does not mean that nothing more is waiting.
+        On a stream socket a read shorter than asked has emptied the queue, and what arrives
+        later wakes the edge trigger again, so no read is spent to hear EAGAIN.  Elsewhere only
+        EAGAIN says it is dry: a virtio port returns one queued buffer per read, so a short
+        read does not mean that nothing more is waiting.
 
         A host that never pauses keeps the fd from running dry, so a stop request and the
         timers are looked at between reads, not only in the event loop.
         """
         conn = self.conn
+        drained = False
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
             if self.stop_requested:
                 return
@@ -4637,6 +4663,8 @@ class Server(object):
                 conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
                 self.on_writable()
                 continue
+            if drained:
+                return
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -4659,6 +4687,7 @@ class Server(object):
                     self.on_hangup("received EOF")
                 return
             conn.backlog.extend(conn.framer.feed(data))
+            drained = self.short_read_drains and len(data) < READ_CHUNK
 
     def on_writable(self):
         conn = self.conn
@@ -4701,7 +4730,9 @@ class Server(object):
         channel = self.channel
         if channel.method in ("unix-listen", "vsock-listen"):
             self.listener = channel.listen()
-            self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+            self.short_read_drains = self.listener.getsockopt(
+                socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+            self.epoll.register(self.listener.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
             self.run_loop()
         elif channel.method == "stdio":
             self.run_stdio()
