@@ -488,6 +488,8 @@ _JSON_MODULE_DIFFERS = re.compile(
 _NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
     chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)))
 
+_STRAY_MARKER = "JSON parse error, stray '\ufffd'"     # a lone 0xFF or 0xFE, as qemu-ga shows it
+
 # Framer states.
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
 
@@ -603,7 +605,8 @@ class Framer(object):
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
             if not self.discarding or self.state != _STRING:
-                events.append(self._lexer_error(partial + b"\xff"))
+                events.append(self._lexer_error(partial + b"\xff") if partial
+                              else QgaError(_STRAY_MARKER))
             self.reset()
             self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
             start = marker + 1
@@ -1070,6 +1073,15 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
+def _qemu_escapes(text):
+    """JSON text from the ASCII encoder with qemu's escapes: upper-case hex, 0x7F escaped."""
+    if "\\u" in text:
+        text = _LOWER_ESCAPE.sub(_upper_escape, text)
+    if "\x7f" in text:
+        text = text.replace("\x7f", "\\u007F")
+    return text
+
+
 def _has_double(text):
     """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
     only punctuation, true, false, null and numbers, and only a double's repr has a '.' or an
@@ -1138,10 +1150,7 @@ def encode_reply(reply):
     text = _ENCODER.encode(reply)
     if _has_double(text):
         text = "".join(_encode_qemu(reply))
-    if "\\u" in text:
-        text = _LOWER_ESCAPE.sub(_upper_escape, text)
-    if "\x7f" in text:
-        text = text.replace("\x7f", "\\u007F")
+    text = _qemu_escapes(text)
     if not spliced:
         return [text.encode("ascii") + b"\n"]
     pieces = text.split(json.dumps(_SPLICE_MARK))
@@ -1152,12 +1161,17 @@ def encode_reply(reply):
     return chunks
 
 
+_ENCODE_STRING = json.encoder.encode_basestring_ascii    # what _ENCODER writes strings with
+
+
 def encode_error(error, request=None):
-    """The reply chunks for a QgaError; the request's id comes first, as in qemu."""
-    reply = {"error": {"class": error.cls, "desc": error.desc}}
+    """The reply chunks for a QgaError; the request's id comes first, as in qemu.  Without an
+    id (every framing and parse error: one per 0xFF a host sends) the line is made directly."""
     if isinstance(request, dict) and "id" in request:
-        reply = {"id": request["id"], "error": reply["error"]}
-    return encode_reply(reply)
+        return encode_reply({"id": request["id"],
+                             "error": {"class": error.cls, "desc": error.desc}})
+    return [('{"error": {"class": "%s", "desc": %s}}\n' % (
+        error.cls, _qemu_escapes(_ENCODE_STRING(error.desc)))).encode("ascii")]
 
 
 def last_resort_error_line(desc, request=None):

@@ -129,7 +129,8 @@ class LexerErrors(unittest.TestCase):
                          '"\ufffd\ufffd\ufffda\ufffd\x00b\ufffd')
         self.assertEqual(shown(b"\xef\xbf\xbf\xf8\x88\x80\x80\x80\xfc\x84\x80\x80\x80\x80x\xfe"),
                          "\ufffd\ufffd\ufffdx\ufffd")
-        self.assertEqual(shown(b"\xc3\xa9\xf0\x9f\x98\x80\xf0\x9f\x98\x00\xc3"), "\xe9\U0001f600\ufffd")
+        self.assertEqual(shown(b"\xc3\xa9\xf0\x9f\x98\x80\xf0\x9f\x98\x00\xc3"),
+                         "\xe9\U0001f600\ufffd")
         self.assertEqual(run(b'"a\xc3\xff'), ["JSON parse error, stray '\"a\ufffd\ufffd'"])
 
     def test_recovery_skips_to_a_structural_byte(self):
@@ -241,6 +242,14 @@ class Encoder(unittest.TestCase):
     def test_compact_ascii_with_qemu_escapes(self):
         self.assertEqual(self.line({"return": {}, "id": "\u00e9\U0001F600\x7f\\u00ab"}),
                          b'{"return": {}, "id": "\\u00E9\\uD83D\\uDE00\\u007F\\\\u00ab"}\n')
+
+    def test_an_error_without_id_is_the_same_line_made_directly(self):
+        for desc in ("JSON parse error, stray '\ufffd'", "\u00e9\U0001F600\x7f\\u00ab\x00\"'"):
+            error = QgaError(desc)
+            reply = {"error": {"class": error.cls, "desc": desc}}
+            self.assertEqual(qga_mini.encode_error(error), qga_mini.encode_reply(reply))
+            self.assertEqual(qga_mini.encode_error(error, {"id": [1.5]}),
+                             qga_mini.encode_reply(dict(id=[1.5], **reply)))
 
     def test_doubles_print_as_qemu_prints_them(self):
         self.assertEqual(self.line({"return": [0.1, 1e5, float("inf"), 1.5]}),
