@@ -4560,6 +4560,10 @@ class Connection(object):
         self.out, self.pending = [], 0
 
 
+_CLIENT_EVENTS = select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP
+_PEER_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+
 class Server(object):
     """The event loop: one client at a time, never blocking on it, never spinning.
 
@@ -4616,8 +4620,8 @@ class Server(object):
         if not nonblocking:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.conn = Connection(fd, sock, owned)
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
-        self.on_readable()
+        self.epoll.register(fd, _CLIENT_EVENTS)
+        self.on_readable(peer_open=True)    # what is queued now stays reported until a wait
 
     def detach(self):
         conn, self.conn = self.conn, None
@@ -4656,13 +4660,15 @@ class Server(object):
 
     # -- I/O -------------------------------------------------------------------------------------
 
-    def on_readable(self):
+    def on_readable(self, peer_open=False):
         """Read until the fd runs dry (edge trigger), answering every complete request.
 
-        On a stream socket a read shorter than asked has emptied the queue, and what arrives
-        later wakes the edge trigger again, so no read is spent to hear EAGAIN.  Elsewhere only
-        EAGAIN says it is dry: a virtio port returns one queued buffer per read, so a short
-        read does not mean that nothing more is waiting.
+        On a stream socket whose host had not shut its side when the event was reported
+        (``peer_open``), a read shorter than asked has emptied the queue, and what arrives
+        later (data or the EOF) wakes the edge trigger again, so no read is spent to hear
+        EAGAIN.  Otherwise an EOF already reported by that edge would never be seen.
+        Elsewhere only EAGAIN says it is dry: a virtio port returns one queued buffer per
+        read, so a short read does not mean that nothing more is waiting.
 
         A host that never pauses keeps the fd from running dry, so a stop request and the
         timers are looked at between reads, not only in the event loop.
@@ -4701,7 +4707,7 @@ class Server(object):
                     self.on_hangup("received EOF")
                 return
             conn.backlog.extend(conn.framer.feed(data))
-            drained = self.short_read_drains and len(data) < READ_CHUNK
+            drained = peer_open and self.short_read_drains and len(data) < READ_CHUNK
 
     def on_writable(self):
         conn = self.conn
@@ -4716,7 +4722,7 @@ class Server(object):
         # read by the host would otherwise wake us for nothing.
         if bool(conn.out) != conn.watching_output:
             conn.watching_output = bool(conn.out)
-            self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLET
+            self.epoll.modify(conn.fd, _CLIENT_EVENTS
                               | (select.EPOLLOUT if conn.out else 0))
         if conn.read_closed and not conn.out:
             self.on_hangup("received EOF")
@@ -4845,7 +4851,7 @@ class Server(object):
                         self.on_writable()
                     if self.conn is conn and events & (select.EPOLLIN | select.EPOLLHUP
                                                        | select.EPOLLERR):
-                        self.on_readable()
+                        self.on_readable(not events & _PEER_CLOSED)
                     elif self.conn is conn and not conn.out and conn.pending == 0:
                         self.on_readable()      # reading was paused behind a stuck reply
                 else:
