@@ -627,6 +627,8 @@ _JSON_MODULE_DIFFERS = re.compile(
 _NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
     chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)))
 
+_STRAY_MARKER = "JSON parse error, stray '\ufffd'"     # a lone 0xFF or 0xFE, as qemu-ga shows it
+
 # Framer states.
 _BETWEEN, _STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN, _RECOVERY = range(5)
 
@@ -645,12 +647,54 @@ def _resync_points(data):
             fe = data.find(b"\xfe", fe + 1)
 
 
+_MIN_CODE_POINT = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)   # by sequence length 2..6
+
+
+def _sequence_at(raw, pos):
+    """The character of the (modified) UTF-8 sequence at ``raw[pos]`` as qemu's reply encoder
+    reads it (its mod_utf8_codepoint()), or -1 when invalid; and where the next one starts.
+    A lead byte takes the continuation bytes that follow, up to its length: a sequence that is
+    cut short, overlong (but C0 80, a NUL), a surrogate, a noncharacter or over U+10FFFF is
+    one invalid sequence."""
+    byte = raw[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    if byte >= 0xFE or not byte & 0x40:       # 0xFE, 0xFF, or a stray continuation byte
+        return -1, pos + 1
+    length = 8 - (byte ^ 0xFF).bit_length()   # the number of leading one bits: 2..6
+    code = byte & ((0x80 >> length) - 1)
+    for end in range(pos + 1, pos + length):
+        if end >= len(raw) or raw[end] & 0xC0 != 0x80:
+            return -1, end
+        code = code << 6 | raw[end] & 0x3F
+    end += 1
+    if (code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or _NONCHARACTER.match(chr(code))
+            or code < _MIN_CODE_POINT[length - 2] and not (code == 0 and length == 2)):
+        return -1, end
+    return code, end
+
+
+def qemu_shown_text(raw):
+    """Bytes quoted in an error as qemu-ga's reply shows them: up to the first NUL (a C
+    string), each invalid UTF-8 sequence one U+FFFD, C0 80 a NUL."""
+    raw = raw.split(b"\x00", 1)[0]
+    try:
+        return _NONCHARACTER.sub("\ufffd", raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    chars, pos = [], 0
+    while pos < len(raw):
+        code, pos = _sequence_at(raw, pos)
+        chars.append(chr(code) if code >= 0 else "\ufffd")
+    return "".join(chars)
+
+
 def _quote_token(raw):
     """A bad token as qemu quotes it in 'stray' errors (bytes shown as text, length capped)."""
     raw = raw.split(b"\x00", 1)[0]           # qemu's C string ends at a NUL
     if len(raw) > ERROR_TOKEN_ECHO:
         raw = raw[:ERROR_TOKEN_ECHO // 2] + b"..." + raw[-ERROR_TOKEN_ECHO // 2:]
-    return raw.decode("utf-8", "replace")
+    return qemu_shown_text(raw)
 
 
 class Framer(object):
@@ -695,12 +739,13 @@ class Framer(object):
     def _feed(self, data, events):
         start = 0
         for marker in _resync_points(data):
-            self._feed_segment(data[start:marker], events)
+            self._feed_segment(data[start:marker], events, at_marker=True)
             partial = b""
             if self.state in (_STRING, _NUMBER_TOKEN, _KEYWORD_TOKEN):
                 partial = bytes(self.buf[self.token_start:])
             if not self.discarding or self.state != _STRING:
-                events.append(self._lexer_error(partial + b"\xff"))
+                events.append(self._lexer_error(partial + b"\xff") if partial
+                              else QgaError(_STRAY_MARKER))
             self.reset()
             self.state = _RECOVERY      # as after any lexer error: skip to a structural byte
             start = marker + 1
@@ -709,11 +754,12 @@ class Framer(object):
 
     # -- scanning -------------------------------------------------------------------------------
 
-    def _feed_segment(self, data, events):
+    def _feed_segment(self, data, events, at_marker=False):
         """Bytes holding no 0xFF or 0xFE: the token walk finishes the message (or recovery) an
         earlier read left open, the json module reads the whole objects that follow, and the
         walk takes what json leaves, to the segment's end: json looks at each segment once at
-        most, so even a read of garbage costs linear time."""
+        most, so even a read of garbage costs linear time.  ``at_marker``: a 0xFF or 0xFE
+        follows, which ends a number or keyword as any other byte would."""
         if self.state == _RECOVERY and not self.buf:
             stop = _RECOVERY_STOP.search(data)
             if stop is None:
@@ -721,13 +767,13 @@ class Framer(object):
             data = data[stop.start():]
             self.state = _BETWEEN
         if self.state != _BETWEEN or self.tokens:
-            data = self._scan(data, events, until_boundary=True)
+            data = self._scan(data, events, until_boundary=True, at_marker=at_marker)
         if data and len(data) <= MAX_MESSAGE_TOKENS:   # so no message in it is over a limit
             taken = leading_json_objects(data, events)
             if taken:
                 data = data[taken:]
         if data:
-            self._scan(data, events)
+            self._scan(data, events, at_marker=at_marker)
 
     def _compact(self):
         """Drop consumed bytes; while discarding, keep nothing but a number or keyword."""
@@ -741,13 +787,16 @@ class Framer(object):
             self.start -= keep
             self.token_start -= keep
 
-    def _scan(self, data, events, until_boundary=False):
+    def _scan(self, data, events, until_boundary=False, at_marker=False):
         """Walk ``data`` token by token; with ``until_boundary``, stop where the open message
-        ends and return the bytes not walked (else b"")."""
+        ends and return the bytes not walked (else b"").  With ``at_marker`` (a 0xFF or 0xFE
+        comes next), a number or keyword at the end is ended as qemu's lexer ends it: a whole
+        one is a token (it may complete a message) and the marker is reported alone; an
+        incomplete number ("-", "1.", "1e") is left for the caller to quote with the marker."""
         buf = self.buf
         buf += data
         end = len(buf)
-        while self.pos < end:
+        while self.pos < end or at_marker and self.state in (_NUMBER_TOKEN, _KEYWORD_TOKEN):
             state = self.state
             if state == _BETWEEN:
                 if until_boundary and not self.tokens:
@@ -792,7 +841,7 @@ class Framer(object):
                 chars = _NUMBER_CHARS if state == _NUMBER_TOKEN else _KEYWORD_CHARS
                 pos = chars.match(buf, self.pos).end()
                 self.pos = pos
-                if pos == end:                      # the token may go on in the next read
+                if pos == end and not at_marker:    # the token may go on in the next read
                     self._check_size(events)
                     break
                 if state == _NUMBER_TOKEN:
@@ -804,6 +853,8 @@ class Framer(object):
                     after = buf[walked:walked + 1]
                     if (not _NUMBER.match(bytes(buf[start:walked]))
                             or after.isdigit() and _LEADING_ZERO.match(buf, start, walked)):
+                        if walked == end:           # cut short by the marker
+                            break
                         self._fail(events, bytes(buf[start:walked + 1]), walked + 1)
                         continue
                     self.pos = walked
@@ -1030,7 +1081,7 @@ def _escape(raw, start, pieces):
     char = chr(code) if code >= 0 and not 0xD800 <= code <= 0xDFFF else None
     if char is None or _NONCHARACTER.match(char):
         raise JsonError("%s is not a valid Unicode character"
-                        % raw[start:end].decode("utf-8", "replace"))
+                        % qemu_shown_text(raw[start:end]))
     pieces.append(char)
     return end
 
@@ -1161,6 +1212,15 @@ def _upper_escape(match):
     return match.group(1) + "\\u" + match.group(2).upper()
 
 
+def _qemu_escapes(text):
+    """JSON text from the ASCII encoder with qemu's escapes: upper-case hex, 0x7F escaped."""
+    if "\\u" in text:
+        text = _LOWER_ESCAPE.sub(_upper_escape, text)
+    if "\x7f" in text:
+        text = text.replace("\x7f", "\\u007F")
+    return text
+
+
 def _has_double(text):
     """Whether JSON text written by _ENCODER holds a double.  Outside its strings there are
     only punctuation, true, false, null and numbers, and only a double's repr has a '.' or an
@@ -1229,10 +1289,7 @@ def encode_reply(reply):
     text = _ENCODER.encode(reply)
     if _has_double(text):
         text = "".join(_encode_qemu(reply))
-    if "\\u" in text:
-        text = _LOWER_ESCAPE.sub(_upper_escape, text)
-    if "\x7f" in text:
-        text = text.replace("\x7f", "\\u007F")
+    text = _qemu_escapes(text)
     if not spliced:
         return [text.encode("ascii") + b"\n"]
     pieces = text.split(json.dumps(_SPLICE_MARK))
@@ -1243,12 +1300,17 @@ def encode_reply(reply):
     return chunks
 
 
+_ENCODE_STRING = json.encoder.encode_basestring_ascii    # what _ENCODER writes strings with
+
+
 def encode_error(error, request=None):
-    """The reply chunks for a QgaError; the request's id comes first, as in qemu."""
-    reply = {"error": {"class": error.cls, "desc": error.desc}}
+    """The reply chunks for a QgaError; the request's id comes first, as in qemu.  Without an
+    id (every framing and parse error: one per 0xFF a host sends) the line is made directly."""
     if isinstance(request, dict) and "id" in request:
-        reply = {"id": request["id"], "error": reply["error"]}
-    return encode_reply(reply)
+        return encode_reply({"id": request["id"],
+                             "error": {"class": error.cls, "desc": error.desc}})
+    return [('{"error": {"class": "%s", "desc": %s}}\n' % (
+        error.cls, _qemu_escapes(_ENCODE_STRING(error.desc)))).encode("ascii")]
 
 
 def last_resort_error_line(desc, request=None):
@@ -4789,6 +4851,16 @@ def _write_joined(fd, chunks):
 write_chunks = getattr(os, "writev", _write_joined)   # bytes written from a list of buffers
 
 
+if hasattr(socket.socket, "_accept"):
+    def accept_fd(listener):
+        """The next client of a listening socket as a bare fd (accept4, close-on-exec): no
+        socket object, whose construction would ask the kernel for its address."""
+        return listener._accept()[0]
+else:                                       # an interpreter without the raw call
+    def accept_fd(listener):
+        return listener.accept()[0].detach()
+
+
 class Connection(object):
     """One client: its file descriptor, its framer and the reply bytes waiting to go out."""
 
@@ -4830,6 +4902,10 @@ class Connection(object):
         self.out, self.pending = [], 0
 
 
+_CLIENT_EVENTS = select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP
+_PEER_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+
 class Server(object):
     """The event loop: one client at a time, never blocking on it, never spinning.
 
@@ -4847,6 +4923,7 @@ class Server(object):
         self.epoll = select.epoll()
         self.conn = None
         self.listener = None
+        self.short_read_drains = False     # a read shorter than asked empties the client's queue
         self.stop_requested = False
         self.channel_error = None
         self.wake_r, self.wake_w = os.pipe()
@@ -4879,50 +4956,67 @@ class Server(object):
 
     # -- connections -----------------------------------------------------------------------------
 
-    def attach(self, fd, sock=None, owned=False):
-        """Serve a connected client: a serial port or an accepted socket."""
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    def attach(self, fd, sock=None, owned=False, nonblocking=False):
+        """Serve a connected client: a serial port or an accepted socket (``nonblocking``: its
+        fd is O_NONBLOCK already)."""
+        if not nonblocking:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.conn = Connection(fd, sock, owned)
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
-        self.on_readable()
+        self.epoll.register(fd, _CLIENT_EVENTS)
+        self.on_readable(peer_open=True)    # what is queued now stays reported until a wait
 
     def detach(self):
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        try:
-            self.epoll.unregister(conn.fd)
-        except (OSError, ValueError):
-            pass
+        # Closing our only reference to a client takes it out of the epoll set: no call for it.
         if conn.sock is not None:
             conn.sock.close()
         elif conn.owned:
             os.close(conn.fd)
+        else:
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+        self.watch_listener()
+
+    def watch_listener(self):
+        """Be told of the next client.  The listener is watched one-shot: an event disarms it,
+        so the clients that connect while one is served wait in the kernel's backlog (one
+        client at a time, as qemu-ga) without waking us, and one call re-arms it."""
         if self.listener is not None:
-            self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+            self.epoll.modify(self.listener.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
 
     def accept(self):
         try:
-            sock, _ = self.listener.accept()
+            fd = accept_fd(self.listener)
         except OSError:
+            self.watch_listener()
             return
-        self.epoll.unregister(self.listener.fileno())
-        fcntl.fcntl(sock.fileno(), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        # A new socket has no status flag but its access mode (which F_SETFL ignores): one
+        # call makes it non-blocking.
+        fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
         self.log.debug("client connected")
-        self.attach(sock.fileno(), sock=sock)
+        self.attach(fd, owned=True, nonblocking=True)
 
     # -- I/O -------------------------------------------------------------------------------------
 
-    def on_readable(self):
+    def on_readable(self, peer_open=False):
         """Read until the fd runs dry (edge trigger), answering every complete request.
 
-        Only EAGAIN says it is dry: a virtio port returns one queued buffer per read, so a
-        short read does not mean that nothing more is waiting.
+        On a stream socket whose host had not shut its side when the event was reported
+        (``peer_open``), a read shorter than asked has emptied the queue, and what arrives
+        later (data or the EOF) wakes the edge trigger again, so no read is spent to hear
+        EAGAIN.  Otherwise an EOF already reported by that edge would never be seen.
+        Elsewhere only EAGAIN says it is dry: a virtio port returns one queued buffer per
+        read, so a short read does not mean that nothing more is waiting.
 
         A host that never pauses keeps the fd from running dry, so a stop request and the
         timers are looked at between reads, not only in the event loop.
         """
         conn = self.conn
+        drained = False
         while conn is self.conn and conn.pending < MAX_PENDING_OUTPUT:
             if self.stop_requested:
                 return
@@ -4931,6 +5025,8 @@ class Server(object):
                 conn.queue(self.agent.answer(conn.backlog, MAX_PENDING_OUTPUT - conn.pending))
                 self.on_writable()
                 continue
+            if drained:
+                return
             try:
                 data = os.read(conn.fd, READ_CHUNK)
             except OSError as exc:
@@ -4953,6 +5049,7 @@ class Server(object):
                     self.on_hangup("received EOF")
                 return
             conn.backlog.extend(conn.framer.feed(data))
+            drained = peer_open and self.short_read_drains and len(data) < READ_CHUNK
 
     def on_writable(self):
         conn = self.conn
@@ -4967,7 +5064,7 @@ class Server(object):
         # read by the host would otherwise wake us for nothing.
         if bool(conn.out) != conn.watching_output:
             conn.watching_output = bool(conn.out)
-            self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLET
+            self.epoll.modify(conn.fd, _CLIENT_EVENTS
                               | (select.EPOLLOUT if conn.out else 0))
         if conn.read_closed and not conn.out:
             self.on_hangup("received EOF")
@@ -4995,7 +5092,9 @@ class Server(object):
         channel = self.channel
         if channel.method in ("unix-listen", "vsock-listen"):
             self.listener = channel.listen()
-            self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+            self.short_read_drains = self.listener.getsockopt(
+                socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+            self.epoll.register(self.listener.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
             self.run_loop()
         elif channel.method == "stdio":
             self.run_stdio()
@@ -5094,7 +5193,7 @@ class Server(object):
                         self.on_writable()
                     if self.conn is conn and events & (select.EPOLLIN | select.EPOLLHUP
                                                        | select.EPOLLERR):
-                        self.on_readable()
+                        self.on_readable(not events & _PEER_CLOSED)
                     elif self.conn is conn and not conn.out and conn.pending == 0:
                         self.on_readable()      # reading was paused behind a stuck reply
                 else:

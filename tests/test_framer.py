@@ -80,6 +80,23 @@ class Resync(unittest.TestCase):
             out = run(PING[:i] + b"\xff" + PING)
             self.assertEqual(out[-1], {"execute": "guest-ping"}, i)
 
+    def test_a_number_or_keyword_before_ff_ends_first(self):
+        # qemu's lexer ends a whole number or keyword at any byte that cannot continue it, the
+        # 0xFF too (which may complete a message), then reports the 0xFF alone; an incomplete
+        # number is quoted with the 0xFF, a digit after a leading zero is an error of its own.
+        cases = {b"1\xff": [1, self.STRAY_FF],
+                 b"tru\xff": ["JSON parse error, invalid keyword 'tru'", self.STRAY_FF],
+                 b'{"a":1.5e3\xfe': [self.STRAY_FF],
+                 b"1-\xff": [1, "JSON parse error, stray '-\ufffd'"],
+                 b"01\xff": ["JSON parse error, stray '01'", self.STRAY_FF],
+                 b"-\xff": ["JSON parse error, stray '-\ufffd'"],
+                 b"1.\xff": ["JSON parse error, stray '1.\ufffd'"],
+                 b"1e+\xfe": ["JSON parse error, stray '1e+\ufffd'"]}
+        for data, events in cases.items():
+            for i in range(len(data)):          # however the reads split it
+                self.assertEqual(run(data[:i], data[i:] + PING), events + [
+                    {"execute": "guest-ping"}], (data, i))
+
     def test_newline_does_not_discard_a_partial_message(self):
         self.assertEqual(run(b'{"execute":\n', b'"guest-ping"}'), [{"execute": "guest-ping"}])
 
@@ -103,6 +120,18 @@ class LexerErrors(unittest.TestCase):
 
     def test_nul_ends_the_quoted_token(self):
         self.assertEqual(run(b'\x00 ')[0], "JSON parse error, stray ''")
+
+    def test_quoted_bytes_show_one_replacement_per_bad_sequence(self):
+        # As qemu's reply encoder reads them: a sequence cut short, overlong, a surrogate, a
+        # noncharacter or past U+10FFFF is one U+FFFD; C0 80 is a NUL.
+        shown = qga_mini.qemu_shown_text
+        self.assertEqual(shown(b'"\xed\xa0\x80\xc1\x81\xe2\x82a\xf5\x80\x80\x80\xc0\x80b\xff'),
+                         '"\ufffd\ufffd\ufffda\ufffd\x00b\ufffd')
+        self.assertEqual(shown(b"\xef\xbf\xbf\xf8\x88\x80\x80\x80\xfc\x84\x80\x80\x80\x80x\xfe"),
+                         "\ufffd\ufffd\ufffdx\ufffd")
+        self.assertEqual(shown(b"\xc3\xa9\xf0\x9f\x98\x80\xf0\x9f\x98\x00\xc3"),
+                         "\xe9\U0001f600\ufffd")
+        self.assertEqual(run(b'"a\xc3\xff'), ["JSON parse error, stray '\"a\ufffd\ufffd'"])
 
     def test_recovery_skips_to_a_structural_byte(self):
         self.assertEqual(run(b'{"execute":"guest-ping"X}' + PING),
@@ -213,6 +242,14 @@ class Encoder(unittest.TestCase):
     def test_compact_ascii_with_qemu_escapes(self):
         self.assertEqual(self.line({"return": {}, "id": "\u00e9\U0001F600\x7f\\u00ab"}),
                          b'{"return": {}, "id": "\\u00E9\\uD83D\\uDE00\\u007F\\\\u00ab"}\n')
+
+    def test_an_error_without_id_is_the_same_line_made_directly(self):
+        for desc in ("JSON parse error, stray '\ufffd'", "\u00e9\U0001F600\x7f\\u00ab\x00\"'"):
+            error = QgaError(desc)
+            reply = {"error": {"class": error.cls, "desc": desc}}
+            self.assertEqual(qga_mini.encode_error(error), qga_mini.encode_reply(reply))
+            self.assertEqual(qga_mini.encode_error(error, {"id": [1.5]}),
+                             qga_mini.encode_reply(dict(id=[1.5], **reply)))
 
     def test_doubles_print_as_qemu_prints_them(self):
         self.assertEqual(self.line({"return": [0.1, 1e5, float("inf"), 1.5]}),

@@ -111,6 +111,24 @@ CASES = [
     b"\\ud83d\\ude0\xc3", b"\\ud83d\xc3", b"a\\ud800\xed\xa0\x80", b"\\u00", b"\\uzz", b"\\u12345",
     b"\\ud83d\\u", b"\\ud83d\\ude00\\ud83d", b"\\udc00", b"\\ud83d\\ud83d",
     b"\xc0\x80\\u0000\\\\\xc0\x80", b"\\\xc0\x80", b"x\\u00e9\\ufffd\\/\\'")]
+CASES += [
+    # A 0xFF or 0xFE ends a number or keyword first (a whole one may complete a message), then
+    # is reported alone; an incomplete number is quoted with it.  The newline ends qemu-ga's
+    # error recovery, which outlives the connection.
+    data + b"\n" + PING for data in (
+        b"1\xff", b"-0\xff", b"tru\xff", b"nul\xfe", b"01\xff", b"00\xff", b"-\xff", b"1.\xff",
+        b"1e\xff", b"1e+\xff", b"1.5\xfe", b"1-\xff", b"1.5.\xff", b'{"a":1\xff',
+        b'{"a":[1,true\xff', b'{"a":1.5e3\xff}', b'{"a":[-\xff]}',
+        b'{"execute":"guest-ping","id":12\xff{"execute":"guest-ping","id":3}',
+        # Invalid UTF-8 quoted in a stray token: one U+FFFD per bad sequence, as qemu-ga's
+        # reply encoder shows it.
+        b'"\xed\xa0\x80\xc1\x81\xe2\x82a\xf5\x80\x80\x80\xc0\x80b\xff',
+        b'"\xef\xbf\xbf\xf8\x88\x80\x80\x80\xfc\x84\x80\x80\x80\x80x\xfe',
+        b'"a\xc3\xff', b'"\xf0\x9f\x98\x80\xf0\x9f\x98\xff', b'{"a":"\xc3\x01"}',
+        b"{'a':'\xe2\x82\xfe")] + [
+    # A bad \u escape quotes the four bytes it took, shown the same way.
+    b'{"execute":"guest-ping","id":"%s"}' % body for body in (
+        b"\\u12", b"\\u\xed\xa0\x80", b"\\u1\xf0\x9f\x98\x80", b"\\ud800\\u\xc1\x81")]
 
 
 def exchange(path, data, quiet=0.15):

@@ -42,6 +42,29 @@ class UnixListen(unittest.TestCase):
             first.sock.close()
             self.assertEqual(second.read_reply(), {"return": 2})
 
+    def test_request_and_hang_up_in_one_go(self):
+        # Proxmox's exchange, with the write side shut at once: the request and the EOF may
+        # be read together or apart; every reply comes, then the hang-up, every time.
+        request = (b'\xff{"execute":"guest-sync-delimited","arguments":{"id":%d}}'
+                   b'{"execute":"guest-ping"}')
+        with AgentProcess() as agent:
+            for i in range(100):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.settimeout(10)
+                sock.connect(agent.path)
+                sock.sendall(request % i)
+                if i % 2:
+                    sock.shutdown(socket.SHUT_WR)
+                replies = LineClient(sock)
+                self.assertEqual(replies.read_reply()["error"]["desc"],
+                                 "JSON parse error, stray '\ufffd'")
+                self.assertEqual(replies.read_reply(), {"return": i})   # after its 0xFF
+                self.assertEqual(replies.read_reply(), {"return": {}})
+                if i % 2:
+                    self.assertEqual(sock.recv(10), b"")
+                sock.close()
+            self.assertEqual(agent.connect().call("guest-ping"), {})
+
     def test_many_connect_disconnect_cycles(self):
         with AgentProcess() as agent:
             for i in range(200):
