@@ -4902,8 +4902,9 @@ class Connection(object):
         self.out, self.pending = [], 0
 
 
-_CLIENT_EVENTS = select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP
-_PEER_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0x2000)   # Linux's value; PyPy's select lacks it
+_CLIENT_EVENTS = select.EPOLLIN | select.EPOLLET | EPOLLRDHUP
+_PEER_CLOSED = EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class Server(object):

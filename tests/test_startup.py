@@ -80,12 +80,21 @@ class HandOverTest(unittest.TestCase):
         self.assertIn(b"-O", cmdline)
         self.assertIn(b"ignore::DeprecationWarning", cmdline)
 
+    @needs_hand_over
     def test_without_a_memory_file_the_agent_runs_on_in_the_first_interpreter(self):
-        code = ("import os, runpy, sys\n"
-                "del os.memfd_create, os.O_TMPFILE\n"
-                "sys.argv = [%r] + sys.argv[1:]\n"
-                "runpy.run_path(%r, run_name='__main__')\n" % (AGENT, AGENT))
-        agent = Agent(self, [PYTHON, "-c", code])
+        # The script run as usual, with memfd_create and O_TMPFILE taken away before it
+        # starts (by a sitecustomize on PYTHONPATH).
+        site = tempfile.mkdtemp(prefix="qga-startup-site-")
+        self.addCleanup(shutil.rmtree, site, True)
+        with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+            f.write("import os\n"
+                    "for name in ('memfd_create', 'O_TMPFILE'):\n"
+                    "    vars(os).pop(name, None)\n")
+        os.environ["PYTHONPATH"] = site
+        try:
+            agent = Agent(self, [PYTHON, AGENT])
+        finally:
+            del os.environ["PYTHONPATH"]
         self.assertEqual(agent.client.call("guest-ping"), {})
         self.assertFalse(any(BOOTSTRAP_MARK in arg for arg in agent.cmdline()))
 
