@@ -91,7 +91,7 @@ HANDOVER_TMPFILE_DIRS = ("/dev/shm", "/tmp")   # O_TMPFILE where memfd_create is
 def interpreter_options():
     """The options python3 itself was started with (-O, -X dev, -W ...), for the new one."""
     if hasattr(sys, "orig_argv"):    # 3.10+: exactly as given
-        return sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+        return sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]  # novermin (3.10+, guarded)
     flags = sys.flags
     options = ["-O"] * flags.optimize + ["-b"] * flags.bytes_warning + ["-v"] * flags.verbose
     options += [option for option, on in (("-B", flags.dont_write_bytecode),
@@ -108,7 +108,7 @@ def anonymous_file():
     """A file descriptor of a file in memory that no other process can open, or None."""
     if hasattr(os, "memfd_create"):
         try:
-            return os.memfd_create("qga-mini-code")
+            return os.memfd_create("qga-mini-code")  # novermin (3.8+, guarded)
         except OSError:
             pass
     for directory in HANDOVER_TMPFILE_DIRS:
