@@ -356,7 +356,7 @@ class Launcher(unittest.TestCase):
         os.mkdir(sbin)
         os.symlink("../qga-mini", os.path.join(sbin, "qemu-ga"))
         p = run([os.path.join(sbin, "qemu-ga"), "--version"],
-                env=dict(os.environ, QGA_MINI_PYTHON=sys.executable))
+                env=dict(os.environ, QGA_MINI_PYTHON=PYTHON))
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("(qga-mini ", p.stdout)
 

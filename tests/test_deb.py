@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import unittest
+
+from tests.support import PYTHON
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN = os.path.join(TOP, "contrib", "debian")
@@ -125,10 +126,10 @@ class DebPackage(unittest.TestCase):
         run(["dpkg-deb", "-x", self.deb, root])
         lib = os.path.join(root, "usr/lib/qga-mini")
         # postinst's compile step, pointed at the extracted tree
-        p = run([sys.executable, os.path.join(lib, "qga-mini-deps"), "--compile",
+        p = run([PYTHON, os.path.join(lib, "qga-mini-deps"), "--compile",
                  os.path.join(lib, "qga_mini.py"), "/usr/lib/qga-mini/qga_mini.py"])
         self.assertEqual(p.returncode, 0, p.stderr)
-        env = dict(os.environ, QGA_MINI_PYTHON=sys.executable, PYTHONVERBOSE="1")
+        env = dict(os.environ, QGA_MINI_PYTHON=PYTHON, PYTHONVERBOSE="1")
         p = run([os.path.join(root, "usr/sbin/qemu-ga"), "--version"], env=env)
         self.assertEqual(p.returncode, 0, p.stderr[-500:])
         self.assertRegex(p.stdout, r"^QEMU Guest Agent \S+ \(qga-mini %s\)" % re.escape(project_version()))
