@@ -624,6 +624,22 @@ _SPACE_TEXT = re.compile(r"[ \t\r\n]*")
 _JSON_MODULE_DIFFERS = re.compile(
     rb"\\u(?:[dD][89a-fA-F]|[fF][dD][dDeE]|[fF]{3}[eEfF])"
     rb"|\xef(?:\xb7[\x90-\xaf]|\xbf[\xbe\xbf])|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+_JSON_MODULE_DIFFERS_LEADS = (b"\\u", b"\xef", b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
+
+
+def json_module_differs(data, start=0):
+    """Where the first thing _JSON_MODULE_DIFFERS matches begins in ``data`` (from
+    ``start``), or -1.  The bytes that can begin a match are looked for first with memchr: the
+    regular expression alone steps through a 22 MiB base64 string byte by byte (~170 ms per
+    16 MiB guest-file-write), the finds take a millisecond."""
+    leads = [at for at in (data.find(lead, start) for lead in _JSON_MODULE_DIFFERS_LEADS)
+             if at >= 0]
+    if not leads:
+        return -1
+    match = _JSON_MODULE_DIFFERS.search(data, min(leads))
+    return match.start() if match else -1
+
+
 _NONCHARACTER = re.compile("[\ufdd0-\ufdef%s]" % "".join(
     chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)))
 
@@ -998,8 +1014,9 @@ def leading_json_objects(data, events):
     start = _SPACE.match(data).end()
     if data[start:start + 1] != b"{":
         return start
-    differs = _JSON_MODULE_DIFFERS.search(data, start)
-    end = differs.start() if differs else len(data)
+    end = json_module_differs(data, start)
+    if end < 0:
+        end = len(data)
     try:
         text = data[start:end].decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1022,7 +1039,7 @@ def leading_json_objects(data, events):
 
 def parse_message(raw, uses_extensions=False):
     """The value of one framed message; JsonError with qemu's wording if it is not JSON."""
-    if not uses_extensions and not _JSON_MODULE_DIFFERS.search(raw):
+    if not uses_extensions and json_module_differs(raw) < 0:
         try:
             return _DECODER.decode(raw.decode("utf-8"))
         except (ValueError, RecursionError):

@@ -394,6 +394,22 @@ class ManyMessagesPerRead(unittest.TestCase):
             self.assertEqual(run(data[:cut], data[cut:]), exact, cut)
 
 
+class JsonModuleDiffers(unittest.TestCase):
+    """json_module_differs() finds what the regular expression finds, where it finds it."""
+
+    SAMPLES = [b"", b'{"a": "plain"}', b'"\\ud800"', b'"x\\uDBFF"', b'"\\ufdd0"', b'"\\uFFFE"',
+               b'"\\u00e9 \\ud83d"', b'"\xef\xb7\x90"', b'"\xef\xbf\xbe"', b'"\xef\xbb\xbf"',
+               b'"\xf0\x9f\xbf\xbf"', b'"\xf0\x9f\x98\x80"', b'"\xf4\x8f\xbf\xbe" \\ud800',
+               b'"\xc3\xa9"', b"\\u", b"\xef", b"A" * 100000 + b"\\udc00"]
+
+    def test_same_place_as_the_regular_expression(self):
+        for sample in self.SAMPLES:
+            for start in range(0, min(len(sample), 12) + 1):
+                match = qga_mini._JSON_MODULE_DIFFERS.search(sample, start)
+                self.assertEqual(qga_mini.json_module_differs(sample, start),
+                                 match.start() if match else -1, (sample[:40], start))
+
+
 class FramerFailure(unittest.TestCase):
     def test_a_failing_framer_starts_afresh_and_says_so(self):
         framer = Framer()
