@@ -1962,10 +1962,8 @@ def _follow_program(child, stdin_data, deadline, kept):
                         poller.unregister(out)
                         reading = False
                 elif fd == stdin:
-                    pending = write_to_child(stdin, pending)
+                    pending = feed_child(poller, child, pending)
                     if not pending:
-                        poller.unregister(stdin)
-                        child.stdin.close()
                         stdin = None
         for _ in range(HELPER_DRAIN_READS):
             if not reading or not _read_program_output(out, kept):
@@ -1976,15 +1974,21 @@ def _follow_program(child, stdin_data, deadline, kept):
             os.close(pidfd)
 
 
-def write_to_child(fd, pending):
-    """One non-blocking write of the head of ``pending`` (a memoryview) into a child's stdin;
-    what is left to write: nothing once all is written or the child reads no more (EPIPE)."""
+def feed_child(poller, child, pending):
+    """One non-blocking write of the head of ``pending`` (a memoryview) into ``child``'s
+    stdin; what is left to write.  Once nothing is (all written, or the child reads no more:
+    EPIPE), the pipe is closed and ``poller`` stops watching it."""
+    fd = child.stdin.fileno()
     try:
-        return pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
+        pending = pending[os.write(fd, pending[:EXEC_WRITE_CHUNK]):]
     except BlockingIOError:
         return pending
     except OSError:
-        return pending[:0]
+        pending = pending[:0]
+    if not pending:
+        poller.unregister(fd)
+        child.stdin.close()
+    return pending
 
 
 def _read_program_output(fd, kept):
@@ -2461,10 +2465,8 @@ class ExecChild(object):
                         os.close(pidfd)
                         pidfd = None
                     elif fd == stdin:
-                        pending = write_to_child(fd, pending)
+                        pending = feed_child(poller, proc, pending)
                         if not pending:
-                            poller.unregister(fd)
-                            proc.stdin.close()
                             stdin = None
                     else:
                         try:
